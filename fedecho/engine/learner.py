@@ -1,0 +1,61 @@
+"""The learner: what one site trains in one phase, and which of its tensors federation may send.
+
+A :class:`Learner` is an ``nn.Module`` with a loss over a batch. Its ``shared`` tensors are the
+phase's declared tensors (encoder weights in pretraining; one task's LoRA adapter and head in
+adaptation); everything else (optimiser state, DINO teacher, FedBN norms, frozen encoder) stays on
+the site.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Learner", "SharedSpec"]
+
+SharedSpec = Callable[[str], bool]
+
+
+class Learner(nn.Module, ABC):
+    """Subclasses implement :meth:`loss` and :meth:`is_shared`."""
+
+    @abstractmethod
+    def loss(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor | float]]:
+        """Scalar training loss for ``batch`` and detached values to log."""
+
+    @abstractmethod
+    def is_shared(self, name: str) -> bool:
+        """Whether state-dict entry ``name`` is a declared (federated) tensor of this phase."""
+
+    def after_optimizer_step(self) -> None:
+        """Hook run after every optimiser step (EMA teacher update for DINO)."""
+
+    def shared_state_dict(self) -> dict[str, Tensor]:
+        """The declared tensors, detached, on CPU, in a stable order."""
+        return {k: v.detach().cpu() for k, v in self.state_dict().items() if self.is_shared(k)}
+
+    def load_shared_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """Load declared tensors; unexpected, missing or mis-shaped entries raise one error listing them."""
+        own = {k: v for k, v in self.state_dict().items() if self.is_shared(k)}
+        problems = [f"unexpected tensor {k!r}" for k in state if k not in own]
+        problems += [f"missing tensor {k!r}" for k in own if k not in state]
+        problems += [
+            f"{k!r} has shape {tuple(state[k].shape)}, expected {tuple(v.shape)}"
+            for k, v in own.items()
+            if k in state and tuple(state[k].shape) != tuple(v.shape)
+        ]
+        if problems:
+            raise ValueError(f"cannot load shared state into {type(self).__name__}: " + "; ".join(problems[:20]))
+        with torch.no_grad():
+            for k, v in own.items():
+                v.copy_(state[k].to(device=v.device, dtype=v.dtype))
+
+    def shared_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """Trainable parameters among the declared tensors (FedProx's proximal term uses these)."""
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad and self.is_shared(n)]
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
