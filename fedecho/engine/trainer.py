@@ -87,6 +87,9 @@ class Trainer:
         self.global_step = 0
         self.proximal_mu = 0.0
         self._anchor: list[tuple[torch.nn.Parameter, Tensor]] = []
+        #: Called instead of a training step when a batch is empty (DP-SGD's Poisson sampling
+        #: can draw one; the step must still add noise and be accounted). None: skip the batch.
+        self.empty_batch_step: Any = None
 
     # --- federation hooks ---------------------------------------------------------------------
     def set_proximal_anchor(self, mu: float) -> None:
@@ -118,10 +121,17 @@ class Trainer:
         start = time.perf_counter()
         total = torch.zeros((), device=self.device)
         sums: dict[str, Tensor] = {}
-        steps = examples = 0
+        steps = examples = loss_steps = 0
         bar = self._progress(loader, desc, max_steps)
         for batch in bar:
             if batch is None:  # every item of the batch was unreadable (skip policy)
+                continue
+            if _batch_size(batch) == 0:
+                if self.empty_batch_step is not None:
+                    self.empty_batch_step(self)
+                    self.scheduler.step()
+                    self.global_step += 1
+                    steps += 1
                 continue
             batch = move_batch(batch, self.device)
             self.optimizer.zero_grad(set_to_none=True)
@@ -136,6 +146,7 @@ class Trainer:
             self.learner.after_optimizer_step()
             detached = loss.detach()
             total += detached
+            loss_steps += 1
             for key, value in logs.items():
                 sums[key] = sums.get(key, 0.0) + (value.detach() if isinstance(value, Tensor) else value)
             steps += 1
@@ -146,12 +157,12 @@ class Trainer:
                                     self.global_step)
             if max_steps is not None and steps >= max_steps:
                 break
-        if steps == 0:
+        if loss_steps == 0:
             raise ValueError("the training loader yielded no usable batch (empty split, or every item unreadable)")
-        mean = float(total) / steps
+        mean = float(total) / loss_steps
         if not math.isfinite(mean):
             raise FloatingPointError(f"training loss is {mean} after {steps} steps; lower train.lr or check the data")
-        logs_out = {k: float(v) / steps for k, v in sums.items()}
+        logs_out = {k: float(v) / loss_steps for k, v in sums.items()}
         return EpochResult(mean, steps, examples, time.perf_counter() - start, logs_out)
 
     @torch.no_grad()
