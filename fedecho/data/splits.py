@@ -6,8 +6,9 @@ patients between train and test. Every function here groups records by patient f
 
 from __future__ import annotations
 
+import logging
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
@@ -16,7 +17,16 @@ import numpy as np
 from fedecho.data.errors import EchoDataError
 from fedecho.data.schema import DataIssue, ItemRecord
 
-__all__ = ["SPLITS", "assign_splits", "check_patient_level", "records_by_patient", "split_records"]
+__all__ = [
+    "SPLITS",
+    "assign_splits",
+    "check_patient_level",
+    "records_by_patient",
+    "resolve_patient_splits",
+    "split_records",
+]
+
+log = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
@@ -88,3 +98,37 @@ def split_records(records: Iterable[ItemRecord]) -> dict[str, list[ItemRecord]]:
             raise ValueError(f"{record.path}: record has split {record.split!r}; run assign_splits first")
         out[record.split].append(record)
     return out
+
+
+def resolve_patient_splits(
+    records: list[ItemRecord], policy: str, *, where: str = "the split column", unit: str = "files"
+) -> tuple[list[ItemRecord], list[DataIssue]]:
+    """Make a source's own splits patient-level.
+
+    Records without a split inherit their patient's split. A patient found in several splits is
+    reported as an issue and left out (``policy="issue"``), or moved whole to the split holding most
+    of its records (``policy="majority"``, ties to the earlier of train/val/test; logged). Record
+    order is kept.
+    """
+    if policy not in ("issue", "majority"):
+        raise ValueError(f"split_conflicts must be 'issue' or 'majority', got {policy!r}")
+    issues: list[DataIssue] = []
+    chosen: dict[str, str | None] = {}
+    for patient, group in records_by_patient(records).items():
+        counts = Counter(r.split for r in group if r.split is not None)
+        if len(counts) <= 1:
+            chosen[patient] = next(iter(counts), None)
+            continue
+        found = ", ".join(f"{s} ({counts[s]} {unit})" for s in SPLITS if s in counts)
+        if policy == "issue":
+            issues.append(DataIssue(
+                group[0].path,
+                f"patient {patient} is in several splits of {where}: {found}; splits must be "
+                "patient-level (fix the labels or pass split_conflicts='majority')",
+            ))
+            continue
+        chosen[patient] = max(SPLITS, key=lambda s: (counts.get(s, 0), -SPLITS.index(s)))
+        log.warning("patient %s was in %s; moved all its %s to %s", patient, found, unit, chosen[patient])
+    out = [r if r.split == chosen[r.patient_id] else replace(r, split=chosen[r.patient_id])
+           for r in records if r.patient_id in chosen]
+    return out, issues
