@@ -36,9 +36,11 @@ def read_avi(
 ) -> tuple[np.ndarray, float]:
     """Decode an AVI into grayscale uint8 frames (T, H, W) and its frame rate.
 
-    ``frames`` selects frame indices (decoding stops after the largest one); ``max_frames`` caps
-    how many leading frames are decoded. Raises :class:`EchoDataError` naming the file when it is
-    missing, empty, truncated or has no decodable frame, or when a requested frame is absent.
+    ``frames`` selects frame indices, returned in ascending order without repeats; only those
+    are converted, and in intra-only streams (MJPG, like the EchoNet releases) the decoder seeks
+    over gaps instead of decoding them. ``max_frames`` caps how many leading frames are decoded.
+    Raises :class:`EchoDataError` naming the file when it is missing, empty, truncated or has no
+    decodable frame, or when a requested frame is absent.
     """
     path = Path(path)
     _check_file(path)
@@ -47,29 +49,65 @@ def read_avi(
         cap.release()
         raise EchoDataError.at(path, "not a readable AVI (OpenCV could not open it)")
     fps = float(cap.get(cv2.CAP_PROP_FPS)) or 0.0
-    wanted = sorted(set(frames)) if frames is not None else None
-    last = wanted[-1] if wanted else (max_frames - 1 if max_frames else None)
-    out: list[np.ndarray] = []
-    index = 0
     try:
-        while last is None or index <= last:
-            ok, frame = cap.read()
-            if not ok:
-                break
-            if wanted is None or index in wanted:
-                if frame.ndim == 3:
-                    frame = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-                out.append(frame)
-            index += 1
+        if frames is None:
+            out = _read_leading(cap, max_frames or None)
+        else:
+            wanted = sorted({int(i) for i in frames})
+            if wanted and wanted[0] < 0:
+                raise EchoDataError.at(path, f"negative frame index {wanted[0]} requested")
+            out, missing = _read_selected(cap, wanted)
+            if missing is not None:
+                total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+                raise EchoDataError.at(
+                    path, f"frame {missing} was requested but could not be decoded "
+                    f"(the header lists {total} frames; the file may be truncated)"
+                )
     finally:
         cap.release()
     if not out:
         raise EchoDataError.at(path, "AVI has no decodable frame (empty or truncated file)")
-    if wanted is not None and len(out) != len(wanted):
-        raise EchoDataError.at(
-            path, f"AVI has {index} decodable frames; frame {wanted[len(out)]} was requested"
-        )
     return np.stack(out), fps
+
+
+#: Seek instead of decoding through a gap of more than this many frames (intra-only streams).
+_SEEK_GAP = 4
+_INTRA_ONLY_CODECS = frozenset({"MJPG", "mjpg", "MJPA", "JPEG", "jpeg"})
+
+
+def _gray(frame: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
+
+
+def _read_leading(cap: cv2.VideoCapture, max_frames: int | None) -> list[np.ndarray]:
+    out: list[np.ndarray] = []
+    while max_frames is None or len(out) < max_frames:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        out.append(_gray(frame))
+    return out
+
+
+def _read_selected(cap: cv2.VideoCapture, wanted: list[int]) -> tuple[list[np.ndarray], int | None]:
+    """Decode the sorted frame indices ``wanted``; return the frames and the first missing one."""
+    fourcc = int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little").decode("latin-1")
+    can_seek = fourcc in _INTRA_ONLY_CODECS
+    out: list[np.ndarray] = []
+    position = 0  # index of the next frame the decoder returns
+    for index in wanted:
+        if can_seek and index - position > _SEEK_GAP and cap.set(cv2.CAP_PROP_POS_FRAMES, index):
+            position = index
+        while position < index:
+            if not cap.grab():
+                return out, index
+            position += 1
+        ok, frame = cap.read()
+        if not ok:
+            return out, index
+        position += 1
+        out.append(_gray(frame))
+    return out, None
 
 
 def write_avi(path: str | Path, frames: np.ndarray, fps: float = 50.0) -> None:
