@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
+import fedecho.data.camus
+import fedecho.data.dicom
+import fedecho.data.echonet_dynamic
+import fedecho.data.echonet_lvh
+import fedecho.data.tmed2  # noqa: F401
 
-__all__ = ["BUILTIN_READER_MODULES"]
-
-BUILTIN_READER_MODULES = (
-    "fedecho.data.camus",
-    "fedecho.data.echonet_dynamic",
-    "fedecho.data.echonet_lvh",
-    "fedecho.data.tmed2",
-    "fedecho.data.dicom",
-)
-
-for _module in BUILTIN_READER_MODULES:
-    try:
-        importlib.import_module(_module)
-    except ModuleNotFoundError as err:  # a reader still being written must not break the others
-        if err.name != _module:
-            raise
+__all__: list[str] = []
