@@ -68,6 +68,12 @@ class DataConfig:
     split_seed: int = 0
     label_fraction: float = 1.0
     """Fraction of labelled training patients used for fine-tuning (EchoCLR: 0.01 ... 1.0)."""
+    synthetic_format: str = "camus"
+    """format=synthetic: the on-disk layout the generator writes (and the reader then reads)."""
+    synthetic_patients: int = 24
+    synthetic_style: str = "mixed"
+    """format=synthetic: a scanner style name, or mixed (one per patient, in the scanner label)."""
+    synthetic_image_size: int | None = None
     partition: PartitionConfig = field(default_factory=PartitionConfig)
 
     def __post_init__(self) -> None:
@@ -82,5 +88,9 @@ class DataConfig:
             raise ValueError(f"data.on_error must be 'raise' or 'skip', got {self.on_error!r}")
         if len(self.split_fractions) != 3 or not math.isclose(sum(self.split_fractions), 1.0):
             raise ValueError(f"data.split_fractions must be 3 numbers summing to 1, got {self.split_fractions}")
+        if self.format == "synthetic" and self.synthetic_format not in _FORMATS[:-1]:
+            raise ValueError(f"data.synthetic_format must be one of {', '.join(_FORMATS[:-1])}")
+        if self.synthetic_patients < 1:
+            raise ValueError("data.synthetic_patients must be >= 1")
         if not 0 < self.label_fraction <= 1:
             raise ValueError(f"data.label_fraction must be in (0, 1], got {self.label_fraction}")

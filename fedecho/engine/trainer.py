@@ -168,20 +168,19 @@ class Trainer:
     @torch.no_grad()
     def predict(self, loader: Iterable[Mapping[str, Any]]) -> tuple[Tensor, dict[str, Any]]:
         """Concatenated predictions and batch entries over ``loader`` (the learner must have ``predict``)."""
+        from fedecho.tasks.dataset import concat_batches
+
         self.learner.eval()
         outputs: list[Tensor] = []
-        columns: dict[str, list[Any]] = {}
+        batches: list[Mapping[str, Any]] = []
         for batch in loader:
-            if batch is None:
+            if batch is None or _batch_size(batch) == 0:
                 continue
             outputs.append(self.learner.predict(move_batch(batch, self.device)).float().cpu())
-            for key, value in batch.items():
-                columns.setdefault(key, []).append(value)
+            batches.append(batch)
         if not outputs:
             raise ValueError("the evaluation loader yielded no usable batch")
-        merged = {k: torch.cat(v) if isinstance(v[0], Tensor) else [x for part in v for x in part]
-                  for k, v in columns.items()}
-        return torch.cat(outputs), merged
+        return torch.cat(outputs), concat_batches(batches)
 
     def evaluate(self, loader: Iterable[Mapping[str, Any]]) -> dict[str, float]:
         outputs, batch = self.predict(loader)

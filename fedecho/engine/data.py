@@ -1,0 +1,181 @@
+"""From a :class:`DataConfig` to a site's records and DataLoaders.
+
+:func:`load_site` opens the reader, applies the error policy, gives every patient a split
+(patient-level), keeps one virtual site's patients in simulation (the partitioners of
+``fedecho.data.partition``) and, for fine-tuning, a label fraction of the training patients.
+``format=synthetic`` generates the embedded synthetic data first (once, cached).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from fedecho.config.data import DataConfig
+from fedecho.data.base import EchoReader, open_reader
+from fedecho.data.errors import EchoDataError
+from fedecho.data.fractions import label_fraction
+from fedecho.data.partition import Partition, partition_patients
+from fedecho.data.schema import DataIssue, ItemRecord
+from fedecho.data.splits import assign_splits, split_records
+
+__all__ = ["PretrainDataset", "SiteData", "load_site", "make_loader", "synthetic_root"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SiteData:
+    """One site's reader and its patient-level splits."""
+
+    reader: EchoReader
+    train: list[ItemRecord]
+    val: list[ItemRecord]
+    test: list[ItemRecord]
+    issues: list[DataIssue] = field(default_factory=list)
+    partition: Partition | None = None
+
+    def split(self, name: str) -> list[ItemRecord]:
+        return {"train": self.train, "val": self.val, "test": self.test}[name]
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("FEDECHO_CACHE", Path.home() / ".cache" / "fedecho"))
+
+
+def synthetic_root(cfg: DataConfig) -> Path:
+    """Generate the configured synthetic dataset unless it exists; return its folder.
+
+    Generation goes to a temporary sibling folder renamed into place, so concurrent site
+    processes never read a half-written dataset.
+    """
+    from fedecho.data.synthetic import synthesize
+
+    if cfg.root:
+        root = Path(cfg.root)
+    else:
+        key = f"{cfg.synthetic_format}-p{cfg.synthetic_patients}-s{cfg.split_seed}-{cfg.synthetic_style}"
+        key += f"-{cfg.synthetic_image_size}" if cfg.synthetic_image_size else ""
+        root = _cache_dir() / "synthetic" / key
+    if root.is_dir() and any(root.iterdir()):
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    try:
+        summary = synthesize(cfg.synthetic_format, tmp / "data", patients=cfg.synthetic_patients,
+                             seed=cfg.split_seed, style=cfg.synthetic_style, image_size=cfg.synthetic_image_size)
+        try:
+            os.rename(tmp / "data", root)
+            log.info("generated synthetic %s data (%d patients) in %s", summary.format, summary.patients, root)
+        except OSError:
+            if not (root.is_dir() and any(root.iterdir())):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def load_site(
+    cfg: DataConfig,
+    *,
+    site: int | None = None,
+    num_sites: int = 1,
+    fraction_of_train: bool = False,
+) -> SiteData:
+    """Scan the data, split by patient, keep site ``site`` of ``num_sites`` (simulation) and,
+    with ``fraction_of_train``, ``cfg.label_fraction`` of the training patients."""
+    if cfg.format == "synthetic":
+        fmt, root = cfg.synthetic_format, synthetic_root(cfg)
+    else:
+        fmt, root = cfg.format, Path(cfg.root)
+    reader = open_reader(fmt, root, on_error=cfg.on_error)
+    scan = reader.scan()
+    records = assign_splits(scan.records, fractions=cfg.split_fractions, seed=cfg.split_seed)
+    partition = None
+    if site is not None and num_sites > 1:
+        partition = partition_patients(records, cfg.partition.method, num_sites, **cfg.partition.options())
+        records = partition.site_records(site, records)
+    by_split = split_records(records)
+    train = by_split["train"]
+    if fraction_of_train and cfg.label_fraction < 1:
+        train = label_fraction(train, cfg.label_fraction, seed=cfg.split_seed)
+    if not train:
+        where = f"site {site} of {num_sites}" if site is not None else str(root)
+        raise EchoDataError.at(root, f"no training records for {where}; check data.root and the partition")
+    return SiteData(reader, train, by_split["val"], by_split["test"], list(scan.issues), partition)
+
+
+class PretrainDataset(Dataset):
+    """Items of a self-supervised method: one record (``input_unit="sample"``) or one group of
+    >= 2 records of a study/patient (``"study"``). Each item is decoded and turned into views by
+    ``method.make_views`` with a generator seeded by (seed, epoch, index). Under the skip policy an
+    undecodable item yields None (dropped and counted by :meth:`collate`)."""
+
+    def __init__(self, reader: EchoReader, records: Sequence[ItemRecord], method: Any, *, seed: int = 0,
+                 on_error: str = "raise") -> None:
+        from fedecho.ssl.views import group_by_study
+
+        self.reader = reader
+        self.method = method
+        self.seed = seed
+        self.epoch = 0
+        self.on_error = on_error
+        self.skipped: list[DataIssue] = []
+        if method.input_unit == "sample":
+            self.items: list[Any] = list(records)
+        else:
+            self.items = group_by_study(records, level=getattr(method.cfg, "positive_level", "study"))
+        if not self.items:
+            raise ValueError(
+                f"{method.name} found no training items in {len(records)} records"
+                + ("" if method.input_unit == "sample" else
+                   " (it needs >= 2 videos per study; set ssl.positive_level=patient or use simclr)")
+            )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        item = self.items[index]
+        generator = np.random.default_rng((self.seed, self.epoch, index))
+        try:
+            if isinstance(item, ItemRecord):
+                return self.method.make_views(self.reader.load(item), generator)
+            return self.method.make_views([self.reader.load(r) for r in item], generator)
+        except EchoDataError as err:
+            if self.on_error == "raise":
+                raise
+            self.skipped.extend(err.issues)
+            log.warning("skipping %s", "; ".join(map(str, err.issues)))
+            return None
+
+    def collate(self, examples: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
+        kept = [e for e in examples if e is not None]
+        if not kept:
+            return {"num_skipped": torch.tensor(len(examples))}
+        batch = self.method.collate(kept)
+        batch["num_skipped"] = torch.tensor(len(examples) - len(kept))
+        return batch
+
+
+def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int, collate: Callable,
+                num_workers: int = 0, drop_last: bool = False) -> DataLoader:
+    """A DataLoader with a seeded shuffle (deterministic for ``seed``)."""
+    generator = torch.Generator()
+    generator.manual_seed(int(hashlib.sha256(f"loader-{seed}".encode()).hexdigest()[:8], 16))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator,
+                      num_workers=num_workers, drop_last=drop_last, persistent_workers=num_workers > 0)
