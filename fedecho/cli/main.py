@@ -18,6 +18,8 @@ COMMAND_MODULES = {
     "data": "fedecho.cli.data",
     "train": "fedecho.cli.train",
     "demo": "fedecho.cli.demo",
+    "simulate": "fedecho.cli.simulate",
+    "report": "fedecho.cli.report",
 }
 
 

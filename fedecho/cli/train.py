@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from fedecho.cli.config import compose_run_config
+    from fedecho.config.compose import compose_run_config
     from fedecho.config.run import to_dict
 
     cfg = compose_run_config(args.overrides)

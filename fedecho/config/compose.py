@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fedecho.config.run import RunConfig, from_dict
 
-__all__ = ["compose_run_config", "conf_dir"]
+__all__ = ["compose_run_config", "conf_dir", "run_config_from_flower"]
 
 
 def conf_dir() -> Path:
@@ -26,10 +26,34 @@ def compose_run_config(overrides: list[str], config_name: str = "train") -> RunC
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    # Dotted keys may name settings the YAML leaves at their dataclass default: add-or-override
+    # them (++); the typed schema then rejects unknown names, listing the valid ones.
+    overrides = [o if o.startswith(("+", "~")) or "." not in o.split("=", 1)[0] else f"++{o}" for o in overrides]
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            composed = compose(config_name=config_name, overrides=list(overrides))
+            composed = compose(config_name=config_name, overrides=overrides)
         values = OmegaConf.to_container(composed, resolve=True, throw_on_missing=True)
     except (HydraException, OmegaConfBaseException) as err:
         raise ValueError(f"configuration: {err}") from None
     return from_dict(RunConfig, values)
+
+
+def run_config_from_flower(values: dict) -> tuple[RunConfig, bool]:
+    """Flower's flat run config -> (RunConfig, resume).
+
+    Keys: ``experiment`` (a config name in ``conf/``, default ``federated``), ``overrides`` (Hydra
+    overrides, space separated), ``resume`` (bool), and any dotted key of the schema
+    (``"train.lr" = 0.01``), applied after ``overrides``.
+    """
+    import shlex
+
+    values = dict(values)
+    experiment = str(values.pop("experiment", "federated") or "federated")
+    overrides = shlex.split(str(values.pop("overrides", "") or ""))
+    resume = bool(values.pop("resume", False))
+    for key, value in values.items():
+        if isinstance(value, str) and value == "":
+            continue  # declared in pyproject but not set
+        text = str(value).lower() if isinstance(value, bool) else repr(value) if isinstance(value, str) else str(value)
+        overrides.append(f"{key}={text}")
+    return compose_run_config(overrides, config_name=experiment), resume

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -30,7 +31,20 @@ from fedecho.data.partition import Partition, partition_patients
 from fedecho.data.schema import DataIssue, ItemRecord
 from fedecho.data.splits import assign_splits, split_records
 
-__all__ = ["PretrainDataset", "SiteData", "load_site", "make_loader", "synthetic_root"]
+__all__ = [
+    "IMAGE_INTENSITY",
+    "PretrainDataset",
+    "SiteData",
+    "load_site",
+    "make_loader",
+    "synthetic_root",
+    "with_image_intensity",
+]
+
+#: A derived attribute for partitioning by image statistics: an item's mean grey level inside the
+#: ultrasound sector (non-zero pixels). Scanners differ in gain, so this splits data the way
+#: acquisition sites do, also for formats that do not record the scanner (CAMUS, EchoNet).
+IMAGE_INTENSITY = "image_intensity"
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +118,8 @@ def load_site(
     records = assign_splits(scan.records, fractions=cfg.split_fractions, seed=cfg.split_seed)
     partition = None
     if site is not None and num_sites > 1:
+        if cfg.partition.key == IMAGE_INTENSITY:
+            records = with_image_intensity(reader, records)
         partition = partition_patients(records, cfg.partition.method, num_sites, **cfg.partition.options())
         records = partition.site_records(site, records)
     by_split = split_records(records)
@@ -114,6 +130,22 @@ def load_site(
         where = f"site {site} of {num_sites}" if site is not None else str(root)
         raise EchoDataError.at(root, f"no training records for {where}; check data.root and the partition")
     return SiteData(reader, train, by_split["val"], by_split["test"], list(scan.issues), partition)
+
+
+def with_image_intensity(reader: EchoReader, records: Sequence[ItemRecord]) -> list[ItemRecord]:
+    """Records with the :data:`IMAGE_INTENSITY` label computed from their pixels (unreadable items
+    keep no value and count as "unlabelled")."""
+    out = []
+    for record in records:
+        try:
+            frames = reader.load(record).frames
+        except EchoDataError:
+            out.append(record)
+            continue
+        inside = frames[frames > 0]
+        value = float(inside.mean()) if inside.size else 0.0
+        out.append(dataclasses.replace(record, labels={**record.labels, IMAGE_INTENSITY: value}))
+    return out
 
 
 class PretrainDataset(Dataset):

@@ -33,13 +33,17 @@ class Learner(nn.Module, ABC):
     def after_optimizer_step(self) -> None:
         """Hook run after every optimiser step (EMA teacher update for DINO)."""
 
+    def _declared(self, name: str) -> bool:
+        # BatchNorm's step counter is bookkeeping, not a weight: it never travels.
+        return self.is_shared(name) and not name.endswith("num_batches_tracked")
+
     def shared_state_dict(self) -> dict[str, Tensor]:
         """The declared tensors, detached, on CPU, in a stable order."""
-        return {k: v.detach().cpu() for k, v in self.state_dict().items() if self.is_shared(k)}
+        return {k: v.detach().cpu() for k, v in self.state_dict().items() if self._declared(k)}
 
     def load_shared_state_dict(self, state: Mapping[str, Tensor]) -> None:
         """Load declared tensors; unexpected, missing or mis-shaped entries raise one error listing them."""
-        own = {k: v for k, v in self.state_dict().items() if self.is_shared(k)}
+        own = {k: v for k, v in self.state_dict().items() if self._declared(k)}
         problems = [f"unexpected tensor {k!r}" for k in state if k not in own]
         problems += [f"missing tensor {k!r}" for k in own if k not in state]
         problems += [

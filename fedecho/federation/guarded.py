@@ -39,6 +39,19 @@ def _site_name(message: Message) -> str:
     return f"node_{message.metadata.src_node_id}"
 
 
+def _common_metrics(messages: list[Message]) -> list[Message]:
+    """Keep only the metric keys every reply has (sites can report different task metrics, e.g.
+    a per-class AUROC for a class one site lacks); Flower aggregates identical key sets only."""
+    if not messages:
+        return messages
+    records = [m.content.metric_records[METRICS] for m in messages]
+    common = set(records[0]).intersection(*map(set, records[1:])) - {"site-index"}
+    for message, record in zip(messages, records, strict=True):
+        if set(record) != common:
+            message.content.metric_records[METRICS] = MetricRecord({k: record[k] for k in record if k in common})
+    return messages
+
+
 def _scalars(record: MetricRecord | None) -> dict[str, float]:
     if record is None:
         return {}
@@ -125,7 +138,7 @@ class GuardedStrategy(Strategy):
                 f"phase {self.phase_name} round {absolute}: {len(valid)} valid updates from {len(replies)} "
                 f"replies, but min-sites is {self.min_sites} ({reasons})"
             )
-        arrays, metrics = self.strategy.aggregate_train(absolute, valid)
+        arrays, metrics = self.strategy.aggregate_train(absolute, _common_metrics(valid))
         record.train = _scalars(metrics)
         return arrays, metrics
 
@@ -150,10 +163,13 @@ class GuardedStrategy(Strategy):
                 log.warning("round %d (%s): evaluation on %s failed: %s", absolute, self.phase_name, site,
                             message.error.reason)
                 continue
+            metrics = message.content.metric_records.get(METRICS)
+            if metrics is None or float(metrics.get("num-examples", 0)) <= 0:
+                continue  # nothing evaluated on this site (e.g. no labelled test patients)
             if self.current is not None:
-                self.current.sites_evaluate[site] = _scalars(message.content.metric_records.get(METRICS))
+                self.current.sites_evaluate[site] = _scalars(metrics)
             good.append(message)
-        metrics = self.strategy.aggregate_evaluate(absolute, good) if good else None
+        metrics = self.strategy.aggregate_evaluate(absolute, _common_metrics(good)) if good else None
         if self.current is not None:
             self.current.evaluate = _scalars(metrics)
         return metrics
