@@ -14,7 +14,8 @@ __all__ = ["pretrain_loader", "task_loaders"]
 
 
 def _augment(cfg: RunConfig, size: int):
-    return dataclasses.replace(cfg.ssl.augment, image_size=size)
+    # tasks use no DINO crops; let the local-crop size be derived again from the new size
+    return dataclasses.replace(cfg.ssl.augment, image_size=size, dino_local_size=None)
 
 
 def task_loaders(cfg: RunConfig, site: SiteData, task, *, splits=("train", "val", "test"),
