@@ -121,6 +121,10 @@ class GuardedStrategy(Strategy):
                 numpy_dict(arrays), self.declaration, reference=self._reference,
                 max_update_norm=self.max_update_norm)
             metrics = message.content.metric_records.get(METRICS)
+            if metrics is not None and float(metrics.get("budget-spent", 0)) > 0:
+                record.rejected[site] = f"privacy budget spent (epsilon {float(metrics.get('epsilon', 0)):.3g}): stopped training"
+                log.warning("round %d (%s): %s stopped: %s", absolute, self.phase_name, site, record.rejected[site])
+                continue
             if metrics is None or "num-examples" not in metrics:
                 problems.append("no num-examples metric in reply")
             elif float(metrics["num-examples"]) <= 0:

@@ -133,3 +133,18 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     assert a.files == b.files
     for key in a.files:
         np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_dp_sgd_sites_report_composing_epsilon_and_stop_at_their_budget(tmp_path):
+    dp = ["federation.adapt.rounds=3", "federation.tasks=[view]", "federation.central_eval=false",
+          "model.norm=group", "federation.privacy.mode=sample", "federation.privacy.noise_multiplier=1.0",
+          "federation.privacy.max_grad_norm=1.0"]
+    _, history = run(tmp_path, "dp", dp)
+    rounds = [r for r in history if r["phase"] == "adapt:view"]
+    for site in ("site_0", "site_1"):
+        eps = [r["sites_train"][site]["epsilon"] for r in rounds]
+        assert 0 < eps[0] < eps[1] < eps[2]
+        assert all(r["sites_train"][site]["delta"] == pytest.approx(1e-5) for r in rounds)
+    # a budget too small for even one round: every site stops, and the run says why
+    with pytest.raises(Exception, match="privacy budget spent"):
+        run(tmp_path, "dp_spent", [*dp, "federation.privacy.target_epsilon=0.01"])
