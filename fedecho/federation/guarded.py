@@ -130,14 +130,18 @@ class GuardedStrategy(Strategy):
             elif float(metrics["num-examples"]) <= 0:
                 problems.append("num-examples is 0 (the site trained on nothing)")
             if problems:
-                record.rejected[site] = "; ".join(problems)
+                shown = problems[:5] + ([f"... and {len(problems) - 5} more"] if len(problems) > 5 else [])
+                record.rejected[site] = "; ".join(shown)
                 log.warning("round %d (%s): rejected update from %s: %s", absolute, self.phase_name, site,
-                            "; ".join(problems))
+                            record.rejected[site])
                 continue
             record.sites_train[site] = _scalars(metrics)
             valid.append(message)
         if len(valid) < self.min_sites:
-            reasons = "; ".join(f"{s}: {r}" for s, r in record.rejected.items()) or "no site replied in time"
+            listed = list(record.rejected.items())
+            reasons = "; ".join(f"{s}: {r}" for s, r in listed[:5]) or "no site replied in time"
+            if len(listed) > 5:
+                reasons += f"; ... and {len(listed) - 5} more sites (see the log)"
             raise RoundFailedError(
                 f"phase {self.phase_name} round {absolute}: {len(valid)} valid updates from {len(replies)} "
                 f"replies, but min-sites is {self.min_sites} ({reasons})"
