@@ -27,12 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedecho", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, module in COMMAND_MODULES.items():
-        try:
-            importlib.import_module(module).add_parser(sub)
-        except ModuleNotFoundError as err:
-            if err.name != module:
-                raise
+    for module in COMMAND_MODULES.values():
+        importlib.import_module(module).add_parser(sub)
     return parser
 
 
