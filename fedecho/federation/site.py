@@ -164,6 +164,7 @@ class SiteRuntime:
             learner.load_state_dict(local, strict=False)
         privacy = None
         if self.cfg.federation.privacy.mode == "sample":
+            self._privacy = None  # (re)building: the accountant's truth is the state directory
             privacy = self._site_privacy()
             per_sample = getattr(getattr(learner, "method", None), "per_sample_loss", True)
             train_loader = privacy.attach(trainer, train_loader, per_sample_loss=per_sample, what=phase.name)
