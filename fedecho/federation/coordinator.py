@@ -16,7 +16,7 @@ from flwr.serverapp import Grid
 from fedecho.config.run import RunConfig, to_dict
 from fedecho.federation.arrays import numpy_dict, to_arrayrecord, torch_dict
 from fedecho.federation.contract import ARRAYS, CONFIG, METRICS, ConfigKey, declare
-from fedecho.federation.guarded import GuardedStrategy
+from fedecho.federation.guarded import GuardedStrategy, site_name
 from fedecho.federation.history import RoundRecord, RunHistory
 from fedecho.federation.phases import Phase, plan_phases
 from fedecho.federation.state import RunCheckpoint
@@ -149,11 +149,10 @@ class Coordinator:
         ok = [r for r in replies if not r.has_error()]
         for reply in replies:
             if reply.has_error():
-                log.warning("%s: site %s did not take the encoder: %s", phase.name, reply.metadata.src_node_id,
-                            reply.error.reason)
+                log.warning("%s: %s did not take the encoder: %s", phase.name, site_name(reply), reply.error.reason)
         size = to_arrayrecord(encoder).count_bytes()
         self.history.add(RoundRecord(phase=f"setup:{phase.task}", round=0, bytes_sent=size * len(messages),
-                                     sites_train={f"node_{r.metadata.src_node_id}": {} for r in ok}))
+                                     sites_train={site_name(r): {} for r in ok}))
         if len(ok) < self.cfg.federation.strategy.min_sites:
             raise RuntimeError(f"{phase.name}: only {len(ok)} sites took the encoder; min-sites is "
                                f"{self.cfg.federation.strategy.min_sites}")

@@ -23,7 +23,7 @@ from fedecho.federation.contract import ARRAYS, METRICS, Declaration
 from fedecho.federation.history import RoundRecord
 from fedecho.federation.validation import check_update
 
-__all__ = ["GuardedStrategy", "RoundFailedError"]
+__all__ = ["GuardedStrategy", "RoundFailedError", "site_name"]
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class RoundFailedError(RuntimeError):
     """Too few sites returned a valid update for the round to count."""
 
 
-def _site_name(message: Message) -> str:
+def site_name(message: Message) -> str:
     metrics = message.content.metric_records.get(METRICS) if message.has_content() else None
     if metrics is not None and "site-index" in metrics:
         return f"site_{int(metrics['site-index'])}"
@@ -53,9 +53,10 @@ def _common_metrics(messages: list[Message]) -> list[Message]:
 
 
 def _scalars(record: MetricRecord | None) -> dict[str, float]:
+    """Scalar metrics of a reply (the site's index only names the site)."""
     if record is None:
         return {}
-    return {k: float(v) for k, v in record.items() if isinstance(v, (int, float))}
+    return {k: float(v) for k, v in record.items() if isinstance(v, (int, float)) and k != "site-index"}
 
 
 class GuardedStrategy(Strategy):
@@ -110,7 +111,7 @@ class GuardedStrategy(Strategy):
         replies = list(replies)
         valid: list[Message] = []
         for message in replies:
-            site = _site_name(message)
+            site = site_name(message)
             if message.has_error():
                 record.rejected[site] = f"error: {message.error.reason}"
                 log.warning("round %d (%s): %s failed: %s", absolute, self.phase_name, site, message.error.reason)
@@ -166,7 +167,7 @@ class GuardedStrategy(Strategy):
         replies = list(replies)
         good = []
         for message in replies:
-            site = _site_name(message)
+            site = site_name(message)
             if message.has_error():
                 log.warning("round %d (%s): evaluation on %s failed: %s", absolute, self.phase_name, site,
                             message.error.reason)
