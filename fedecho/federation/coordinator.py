@@ -15,7 +15,7 @@ from flwr.serverapp import Grid
 
 from fedecho.config.run import RunConfig, to_dict
 from fedecho.federation.arrays import numpy_dict, to_arrayrecord, torch_dict
-from fedecho.federation.contract import ARRAYS, CONFIG, METRICS, ConfigKey, declare
+from fedecho.federation.contract import ARRAYS, CONFIG, ConfigKey, declare
 from fedecho.federation.guarded import GuardedStrategy, site_name
 from fedecho.federation.history import RoundRecord, RunHistory
 from fedecho.federation.phases import Phase, plan_phases

@@ -23,7 +23,6 @@ from collections.abc import Hashable, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
 from fedecho.config.task import TaskConfig

@@ -130,7 +130,7 @@ def test_mask_labels_outside_camus_vocabulary_name_file_and_labels(tmp_path):
 def test_scan_collects_every_problem_and_skip_mode_keeps_good_items(tmp_path):
     write_patient(tmp_path, "patient0001", mask=np.zeros((64, 48), np.uint8))  # good, with masks
     write_patient(tmp_path, "patient0002")  # good: images without masks are fine
-    bad_shape = write_patient(tmp_path, "patient0003", mask=np.zeros((64, 40), np.uint8))
+    write_patient(tmp_path, "patient0003", mask=np.zeros((64, 40), np.uint8))
     bad_dims = write_patient(tmp_path, "patient0004", image_shape=(64, 48, 3))
     corrupt = write_patient(tmp_path, "patient0005")
     (corrupt / "patient0005_4CH_ED.nii.gz").write_bytes(b"\x1f\x8b\x08garbage")

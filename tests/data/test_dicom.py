@@ -21,7 +21,7 @@ from pydicom.uid import (
     UltrasoundMultiFrameImageStorage,
 )
 
-import fedecho.data.dicom as dicom_module
+import fedecho.data.dicom_pixels as dicom_module
 from fedecho.data import EchoDataError, Sample, open_reader
 from fedecho.data.dicom import DicomReader, decode_grayscale, dicom_uid_for, write_dicom
 from fedecho.data.dicom_write import sample_to_dataset
