@@ -114,13 +114,9 @@ def load_site(
     else:
         fmt, root = cfg.format, Path(cfg.root)
     reader = open_reader(fmt, root, on_error=cfg.on_error)
-    scan = reader.scan()
-    records = assign_splits(scan.records, fractions=cfg.split_fractions, seed=cfg.split_seed)
-    partition = None
-    if site is not None and num_sites > 1:
-        if cfg.partition.key == IMAGE_INTENSITY:
-            records = with_image_intensity(reader, records)
-        partition = partition_patients(records, cfg.partition.method, num_sites, **cfg.partition.options())
+    simulated = site is not None and num_sites > 1
+    records, issues, partition = _split_and_partition(reader, cfg, num_sites if simulated else 1)
+    if simulated:
         records = partition.site_records(site, records)
     by_split = split_records(records)
     train = by_split["train"]
@@ -129,7 +125,31 @@ def load_site(
     if not train:
         where = f"site {site} of {num_sites}" if site is not None else str(root)
         raise EchoDataError.at(root, f"no training records for {where}; check data.root and the partition")
-    return SiteData(reader, train, by_split["val"], by_split["test"], list(scan.issues), partition)
+    return SiteData(reader, train, by_split["val"], by_split["test"], list(issues), partition)
+
+
+_SPLIT_CACHE: dict[tuple, tuple[list[ItemRecord], list[DataIssue], Partition | None]] = {}
+
+
+def _split_and_partition(reader: EchoReader, cfg: DataConfig,
+                         num_sites: int) -> tuple[list[ItemRecord], list[DataIssue], Partition | None]:
+    """Scan, split and partition once per process and dataset: a simulation worker serves many
+    virtual sites of one dataset, and re-scanning it for each would make a round quadratic in the
+    number of sites."""
+    key = (reader.format, str(reader.root.resolve()), cfg.on_error, tuple(cfg.split_fractions), cfg.split_seed,
+           repr(cfg.partition), num_sites)
+    if key not in _SPLIT_CACHE:
+        scan = reader.scan()
+        records = assign_splits(scan.records, fractions=cfg.split_fractions, seed=cfg.split_seed)
+        partition = None
+        if num_sites > 1:
+            if cfg.partition.key == IMAGE_INTENSITY:
+                records = with_image_intensity(reader, records)
+            partition = partition_patients(records, cfg.partition.method, num_sites, **cfg.partition.options())
+        if len(_SPLIT_CACHE) >= 8:
+            _SPLIT_CACHE.pop(next(iter(_SPLIT_CACHE)))
+        _SPLIT_CACHE[key] = (records, list(scan.issues), partition)
+    return _SPLIT_CACHE[key]
 
 
 def with_image_intensity(reader: EchoReader, records: Sequence[ItemRecord]) -> list[ItemRecord]:
