@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from fedecho.config.run import RunConfig, to_dict
 from fedecho.engine.build import build_pretrain_learner, build_task_learner, encoder_state_from_checkpoint
 from fedecho.engine.checkpoint import load_checkpoint
@@ -27,6 +29,8 @@ def train_local(cfg: RunConfig) -> dict[str, Any]:
     from fedecho.report.tensorboard import ScalarWriter
 
     start = time.perf_counter()
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
     device = resolve_device(cfg.train.device)
     out = Path(cfg.train.out_dir)

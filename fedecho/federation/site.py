@@ -139,6 +139,8 @@ class SiteRuntime:
         from fedecho.engine.trainer import Trainer
 
         seed = _seed(self.cfg.train.seed, self.site_index, phase.name)
+        if self.cfg.train.threads:
+            torch.set_num_threads(self.cfg.train.threads)
         if phase.kind == "pretrain":
             learner = build_pretrain_learner(self.cfg)
             train_loader = pretrain_loader(self.cfg, self.site, learner.method, seed=seed)

@@ -51,6 +51,14 @@ def test_pretrain_then_finetune_from_its_encoder(tmp_path):
     assert results["trainable_parameters"] < 10_000  # a linear probe: the head only
 
 
+def test_threads_setting_reaches_torch(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    assert main(["train", *TINY, "train.threads=1", "train.epochs=1", f"train.out_dir={tmp_path / 'out'}",
+                 f"data.root={tmp_path / 'data'}"]) == 0
+    assert calls == [1]
+
+
 def test_label_fraction_trains_on_a_patient_subset(tmp_path):
     from fedecho.engine.data import load_site
 
@@ -72,6 +80,7 @@ def test_label_fraction_trains_on_a_patient_subset(tmp_path):
     (["federation.privacy.mode=sample", "federation.pretrain.rounds=1", "ssl=simclr"], "Use federation.privacy.mode=site"),
     (["federation.privacy.mode=sample"], "set model.norm=group"),
     (["trian.lr=1"], "unknown RunConfig setting(s) ['trian']"),
+    (["train.threads=0"], "train.threads must be >= 1"),
 ])
 def test_bad_configurations_fail_before_training_and_name_the_fix(tmp_path, overrides, message, capsys):
     code = main(["train", *TINY, *overrides, f"train.out_dir={tmp_path / 'out'}", f"data.root={tmp_path / 'data'}"])
