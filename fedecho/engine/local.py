@@ -16,6 +16,7 @@ from fedecho.engine.build import build_pretrain_learner, build_task_learner, enc
 from fedecho.engine.checkpoint import load_checkpoint
 from fedecho.engine.data import load_site
 from fedecho.engine.loaders import pretrain_loader, task_loaders
+from fedecho.engine.predictions import PredictionRun, prediction_arrays, run_predictions
 from fedecho.engine.seed import resolve_device, seed_everything
 from fedecho.engine.trainer import Trainer
 
@@ -25,7 +26,8 @@ log = logging.getLogger(__name__)
 
 
 def train_local(cfg: RunConfig) -> dict[str, Any]:
-    """Train per ``cfg`` and write ``out_dir``: checkpoints/, tb/, config.json, results.json."""
+    """Train per ``cfg`` and write ``out_dir``: checkpoints/, tb/, config.json, results.json and,
+    when fine-tuning with a test split, predictions/<task>.npz (fedecho.report.predictions)."""
     from fedecho.report.tensorboard import ScalarWriter
 
     start = time.perf_counter()
@@ -70,13 +72,28 @@ def train_local(cfg: RunConfig) -> dict[str, Any]:
             if best.is_file():
                 load_checkpoint(best, trainer)
             results["selection"] = list(learner.selection)
-            results["test"] = trainer.evaluate(loaders["test"])
+            run = run_predictions(trainer, loaders["test"])
+            results["test"] = learner.metrics(run.outputs, run.batch)  # == trainer.evaluate(loaders["test"])
             writer.scalars("test", results["test"], trainer.global_step)
+            results["predictions"] = _save_test_predictions(out, learner.task, run, cfg.train.seed)
         results["seconds"] = time.perf_counter() - start
     finally:
         writer.close()
     (out / "results.json").write_text(json.dumps(results, indent=1, default=_jsonable))
     return results
+
+
+def _save_test_predictions(out: Path, task: Any, run: PredictionRun, seed: int) -> str | None:
+    """Write ``out/predictions/<task>.npz`` from the test pass; its path, or None (logged) when the
+    arrays do not make a valid file (the test metrics stand)."""
+    from fedecho.report.predictions import save_predictions
+
+    try:
+        path = save_predictions(out / "predictions" / f"{task.name}.npz", **prediction_arrays(task, run, seed=seed))
+    except (ValueError, TypeError) as err:
+        log.warning("no prediction file for %s (%s: %s)", task.name, type(err).__name__, err)
+        return None
+    return str(path)
 
 
 def _jsonable(value: Any) -> Any:

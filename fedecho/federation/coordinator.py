@@ -179,10 +179,16 @@ class Coordinator:
         self.checkpoint.finish_phase(phase.name, arrays)
 
     def _central_evaluation(self, phase: Phase, arrays: dict[str, np.ndarray]) -> dict[str, float]:
-        """The global model on the pooled test split (simulation: the coordinator can read the data)."""
+        """The global model on the pooled test split (simulation: the coordinator can read the data).
+
+        The same evaluation pass writes ``RUN_DIR/predictions/<task>.npz`` (see
+        fedecho.engine.predictions): each test sample's site is the virtual site its patient
+        belongs to. A prediction file that cannot be written is logged; the metrics stand.
+        """
         from fedecho.engine.build import build_task_learner
         from fedecho.engine.data import load_site
         from fedecho.engine.loaders import task_loaders
+        from fedecho.engine.predictions import partition_site_names, prediction_arrays, run_predictions
         from fedecho.engine.trainer import Trainer
 
         try:
@@ -197,7 +203,17 @@ class Coordinator:
         if "test" not in loaders:
             return {}
         trainer = Trainer(learner, self.cfg.train, total_steps=1)
-        scores = trainer.evaluate(loaders["test"])
+        run = run_predictions(trainer, loaders["test"])
+        scores = learner.metrics(run.outputs, run.batch)  # == trainer.evaluate(loaders["test"])
+        try:
+            from fedecho.report.predictions import save_predictions
+
+            sites = partition_site_names(self.cfg.data, self.cfg.federation.num_sites)
+            path = save_predictions(self.run_dir / "predictions" / f"{phase.task}.npz",
+                                    **prediction_arrays(learner.task, run, site_names=sites, seed=self.cfg.train.seed))
+            log.info("%s: predictions of %d test samples in %s", phase.name, len(run.outputs), path)
+        except (ValueError, TypeError) as err:
+            log.warning("%s: no prediction file (%s: %s)", phase.name, type(err).__name__, err)
         return {k: float(v) for k, v in scores.items() if isinstance(v, (int, float))}
 
     def _print_round(self, record: RoundRecord) -> None:

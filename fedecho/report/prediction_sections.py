@@ -1,4 +1,5 @@
-"""Report sections for prediction files: a metrics table (all samples and per site) and the plots
+"""Report sections for prediction files: a metrics table (all samples, per site, per quantity),
+bootstrap 95 % intervals of the headline metrics (patients resampled when known) and the plots
 that fit the file's kind (confusion matrix, ROC, Bland–Altman, segmentation overlays, t-SNE)."""
 
 from __future__ import annotations
@@ -7,7 +8,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from fedecho.report.document import Document, plural
+from fedecho.report.bootstrap import BOOTSTRAP_DRAWS, prediction_cis
+from fedecho.report.document import Document, format_value, plural
 from fedecho.report.embedding import MIN_TSNE_POINTS, plot_tsne
 from fedecho.report.plots import (
     plot_bland_altman,
@@ -40,13 +42,25 @@ def add_prediction_section(doc: Document, predictions: Predictions, *, seed: int
 
 
 def _subsets(predictions: Predictions) -> list[tuple[str, np.ndarray]]:
-    """("all", every row) then (site, its rows) for each site, sorted by name."""
-    n = predictions.size
-    subsets = [("all", np.arange(n))]
-    sites = predictions.get("sites")
-    if sites is not None:
-        subsets += [(str(site), np.flatnonzero(sites == site)) for site in sorted(set(sites.tolist()))]
+    """("all", every row), then (site, its rows) per site and (quantity, its rows) per quantity,
+    each sorted by name."""
+    subsets = [("all", np.arange(predictions.num_items))]
+    for key, at_least in (("sites", 1), ("quantities", 2)):
+        values = predictions.get(key)
+        if values is not None and len(set(values.tolist())) >= at_least:
+            subsets += [(str(v), np.flatnonzero(values == v)) for v in sorted(set(values.tolist()))]
     return subsets
+
+
+def _interval_table(doc: Document, predictions: Predictions, seed: int) -> None:
+    """Metric | estimate | 95 % CI over all items (percentile bootstrap)."""
+    cis = prediction_cis(predictions, seed=seed)
+    if not cis:
+        return
+    unit = "patients" if "patients" in predictions else "items"
+    doc.paragraph(f"Bootstrap 95 % confidence intervals ({BOOTSTRAP_DRAWS} resamples of {unit}, percentile):")
+    doc.table(["metric", "estimate", "95 % CI"],
+              [[metric, est, f"[{format_value(low)}, {format_value(high)}]"] for metric, (est, low, high) in cis.items()])
 
 
 def _metrics_table(
@@ -67,6 +81,7 @@ def _classification(doc: Document, predictions: Predictions, seed: int) -> None:
     doc.heading(3, f"`{name}`: classification ({plural(predictions.size, 'sample')}, {len(class_names)} classes)")
     _metrics_table(doc, predictions, CLASSIFICATION_COLUMNS,
                    lambda index: classification_metrics(targets[index], probs[index], class_names))
+    _interval_table(doc, predictions, seed)
     doc.figure(plot_confusion_matrix(probs, targets, class_names), f"{name}_confusion",
                f"Confusion matrix of `{name}`: counts and fractions of each true class (prediction = most probable class).")
     if roc_defined(targets, len(class_names)):
@@ -89,6 +104,7 @@ def _regression(doc: Document, predictions: Predictions, seed: int) -> None:
                 **bland_altman(preds[index], targets[index]).as_metrics()}
 
     _metrics_table(doc, predictions, REGRESSION_COLUMNS, score)
+    _interval_table(doc, predictions, seed)
     doc.figure(plot_bland_altman(preds, targets, unit=unit, quantity=name), f"{name}_bland_altman",
                f"Bland–Altman plot of `{name}`{in_unit}: bias and 95 % limits of agreement (bias ± 1.96 SD).")
     _tsne(doc, predictions, targets, f"target{in_unit}", seed)
@@ -99,12 +115,22 @@ def _segmentation(doc: Document, predictions: Predictions, seed: int) -> None:
     masks, pred_masks = predictions["masks"], predictions["pred_masks"]
     class_names = predictions.get("class_names")
     labels = [int(v) for v in np.union1d(np.unique(masks), np.unique(pred_masks)) if v > 0]
-    doc.heading(3, f"`{name}`: segmentation ({plural(predictions.size, 'example')})")
-    if labels:
-        label_names = {v: str(class_names[v]) if class_names is not None else f"label_{v}" for v in labels}
-        metrics = segmentation_metrics(pred_masks, masks, label_names)
-        columns = ["dice", *(f"dice/{label_names[v]}" for v in labels)]
-        doc.table(["examples", *columns], [[predictions.size, *(metrics[c] for c in columns)]])
+    if "sample_dice" in predictions:
+        doc.heading(3, f"`{name}`: segmentation ({plural(predictions.num_items, 'item')}, "
+                       f"{plural(predictions.size, 'example')} shown)")
+        dice = predictions["sample_dice"].astype(np.float64)
+        structures = [str(s) for s in predictions["structure_names"]]
+        rows = [[subset, len(index), float(dice[index].mean(axis=0).mean()), *dice[index].mean(axis=0)]
+                for subset, index in _subsets(predictions)]
+        doc.table(["subset", "n", "dice", *(f"dice/{s}" for s in structures)], rows)
+        _interval_table(doc, predictions, seed)
+    else:
+        doc.heading(3, f"`{name}`: segmentation ({plural(predictions.size, 'example')})")
+        if labels:
+            label_names = {v: str(class_names[v]) if class_names is not None else f"label_{v}" for v in labels}
+            metrics = segmentation_metrics(pred_masks, masks, label_names)
+            columns = ["dice", *(f"dice/{label_names[v]}" for v in labels)]
+            doc.table(["examples", *columns], [[predictions.size, *(metrics[c] for c in columns)]])
     doc.figure(
         plot_segmentation_overlays(predictions["images"], masks, pred_masks,
                                    None if class_names is None else [str(c) for c in class_names]),
@@ -117,7 +143,10 @@ def _tsne(doc: Document, predictions: Predictions, labels: np.ndarray, label_nam
     embeddings = predictions.get("embeddings")
     if embeddings is None or len(embeddings) < MIN_TSNE_POINTS:
         return
+    index = predictions.get("embedding_index")
+    index = np.arange(len(embeddings)) if index is None else index.astype(np.int64)
     sites = predictions.get("sites")
-    fig = plot_tsne(embeddings, labels, sites, label_name=label_name, seed=seed)
+    fig = plot_tsne(embeddings, np.asarray(labels)[index], None if sites is None else sites[index],
+                    label_name=label_name, seed=seed)
     by = "site and by " + label_name if sites is not None else label_name
     doc.figure(fig, f"{predictions.name}_tsne", f"t-SNE of the `{predictions.name}` embeddings, coloured by {by}.")

@@ -6,17 +6,22 @@ pickled objects: strings are stored as NumPy unicode arrays). Its kind follows f
 
 classification (``probs`` present)
     ``probs`` (N, C) float class probabilities in [0, 1] (softmax outputs), ``targets`` (N,) int
-    class indices in 0..C-1, ``class_names`` (C,) str; optional ``embeddings`` (N, D) float
-    (e.g. the pooled encoder output) and ``sites`` (N,) str (the site each sample came from).
+    class indices in 0..C-1, ``class_names`` (C,) str; optional ``sites`` (N,) str (the site each
+    sample came from), ``patients`` (N,) str (its patient id: bootstrap intervals resample
+    patients) and ``embeddings`` (M, D) float (e.g. the pooled encoder output) of every sample
+    (M = N) or, with ``embedding_index`` (M,) int (distinct sample indices in 0..N-1), of a subset.
 regression (``preds`` present)
     ``preds`` (N,) float and ``targets`` (N,) float in physical units (EF %, volumes mL, age y);
-    optional ``unit`` () str (e.g. ``"mL"``, used on axis labels), ``embeddings`` (N, D) float,
-    ``sites`` (N,) str.
+    optional ``unit`` () str (e.g. ``"mL"``, used on axis labels), ``quantities`` (N,) str (what
+    each row measures when a file holds several, e.g. the LVH calipers ``IVSd``/``LVIDd``),
+    ``sites``, ``patients``, ``embeddings``, ``embedding_index`` as for classification.
 segmentation (``pred_masks`` present)
     a few examples: ``images`` (K, H, W) float in [0, 1], ``masks`` (K, H, W) int ground truth,
     ``pred_masks`` (K, H, W) int prediction (label values as in the task: 0 background, 1 LV
     cavity, 2 myocardium, 3 LA for CAMUS); optional ``class_names`` (C,) str naming label values
-    0..C-1.
+    0..C-1. Optional statistics over all N evaluated items: ``sample_dice`` (N, S) float in [0, 1]
+    (Dice of each item and structure), with ``structure_names`` (S,) str (required with it), and
+    ``patients`` (N,) str, ``sites`` (N,) str (allowed only with ``sample_dice``).
 
 Every array must be finite. Both functions check the whole file and raise one
 :class:`~fedecho.data.errors.EchoDataError` naming the file and listing every problem.
@@ -44,9 +49,12 @@ __all__ = ["PREDICTION_KEYS", "Predictions", "load_predictions", "save_predictio
 
 #: kind -> (required keys, optional keys)
 PREDICTION_KEYS: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "classification": (("probs", "targets", "class_names"), ("embeddings", "sites")),
-    "regression": (("preds", "targets"), ("unit", "embeddings", "sites")),
-    "segmentation": (("images", "masks", "pred_masks"), ("class_names",)),
+    "classification": (("probs", "targets", "class_names"), ("embeddings", "embedding_index", "sites", "patients")),
+    "regression": (("preds", "targets"), ("unit", "quantities", "embeddings", "embedding_index", "sites", "patients")),
+    "segmentation": (
+        ("images", "masks", "pred_masks"),
+        ("class_names", "sample_dice", "structure_names", "patients", "sites"),
+    ),
 }
 #: the key whose presence decides the kind
 _MARKERS = {"probs": "classification", "preds": "regression", "pred_masks": "segmentation"}
@@ -77,6 +85,13 @@ class Predictions:
     def size(self) -> int:
         """N (samples) for classification/regression, K (examples) for segmentation."""
         return len(self.arrays["targets" if "targets" in self.arrays else "masks"])
+
+    @property
+    def num_items(self) -> int:
+        """N: rows of the per-sample arrays (segmentation: of ``sample_dice``, else K)."""
+        if self.kind == "segmentation":
+            return len(self.arrays["sample_dice"]) if "sample_dice" in self.arrays else self.size
+        return self.size
 
 
 def save_predictions(path: str | Path, **arrays: Any) -> Path:
@@ -163,15 +178,36 @@ def _shape_problem(arrays: Mapping[str, np.ndarray], key: str, ndim: int, numeri
     return None
 
 
+def _rows_problem(arrays: Mapping[str, np.ndarray], key: str, ndim: int, numeric: str, n: int) -> str | None:
+    problem = _shape_problem(arrays, key, ndim, numeric)
+    if problem is None and len(arrays[key]) != n:
+        problem = f"{key!r} has {len(arrays[key])} rows but there are {n} samples"
+    return problem
+
+
 def _common_optional(arrays: Mapping[str, np.ndarray], n: int) -> list[str]:
-    problems = []
-    for key, ndim, numeric in (("embeddings", 2, "float"), ("sites", 1, "str")):
-        if key in arrays:
-            problem = _shape_problem(arrays, key, ndim, numeric)
-            if problem is None and len(arrays[key]) != n:
-                problem = f"{key!r} has {len(arrays[key])} rows but there are {n} samples"
-            if problem:
-                problems.append(problem)
+    """Per-sample ``sites``/``patients``/``quantities`` and ``embeddings`` (+ ``embedding_index``)."""
+    problems = [p for key in ("sites", "patients", "quantities")
+                if key in arrays and (p := _rows_problem(arrays, key, 1, "str", n))]
+    if "embedding_index" in arrays and "embeddings" not in arrays:
+        problems.append("'embedding_index' given without 'embeddings'")
+    elif "embeddings" in arrays:
+        problem = _shape_problem(arrays, "embeddings", 2, "float")
+        if problem:
+            problems.append(problem)
+        elif "embedding_index" not in arrays:
+            if len(arrays["embeddings"]) != n:
+                problems.append(f"'embeddings' has {len(arrays['embeddings'])} rows but there are {n} samples "
+                                f"(give 'embedding_index' for a subset)")
+        elif (problem := _shape_problem(arrays, "embedding_index", 1, "int")):
+            problems.append(problem)
+        else:
+            index = arrays["embedding_index"]
+            if len(index) != len(arrays["embeddings"]):
+                problems.append(f"'embedding_index' has {len(index)} entries but 'embeddings' has "
+                                f"{len(arrays['embeddings'])} rows")
+            if index.size and (index.min() < 0 or index.max() >= n or len(np.unique(index)) != len(index)):
+                problems.append(f"'embedding_index' must hold distinct sample indices in 0..{n - 1}")
     return problems
 
 
@@ -232,4 +268,26 @@ def _check_segmentation(arrays: Mapping[str, np.ndarray]) -> list[str]:
         problems.append(
             f"mask label {labels.max()} has no name: 'class_names' names labels 0..{len(arrays['class_names']) - 1}"
         )
+    return problems + _check_sample_dice(arrays)
+
+
+def _check_sample_dice(arrays: Mapping[str, np.ndarray]) -> list[str]:
+    """The optional per-item statistics of a segmentation file."""
+    if "sample_dice" not in arrays:
+        extra = [key for key in ("structure_names", "patients", "sites") if key in arrays]
+        return [f"{key!r} describes 'sample_dice' rows but the file has no 'sample_dice'" for key in extra]
+    if "structure_names" not in arrays:
+        return ["'sample_dice' needs 'structure_names' (S,) naming its columns"]
+    problems = [p for key, ndim, kind in (("sample_dice", 2, "float"), ("structure_names", 1, "str"))
+                if (p := _shape_problem(arrays, key, ndim, kind))]
+    if problems:
+        return problems
+    dice, names = arrays["sample_dice"], arrays["structure_names"]
+    if len(dice) == 0:
+        problems.append("'sample_dice' has no rows")
+    if dice.shape[1] != len(names):
+        problems.append(f"'sample_dice' has {dice.shape[1]} columns but 'structure_names' has {len(names)} names")
+    if dice.size and (dice.min() < 0 or dice.max() > 1):
+        problems.append(f"'sample_dice' must lie in [0, 1], got [{dice.min():.4g}, {dice.max():.4g}]")
+    problems += [p for key in ("patients", "sites") if key in arrays and (p := _rows_problem(arrays, key, 1, "str", len(dice)))]
     return problems
