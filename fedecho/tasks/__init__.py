@@ -5,7 +5,8 @@
 >>> task.num_classes, task.primary_metric
 (2, 'balanced_accuracy')
 
-Registered tasks (:data:`TASKS`): ``view``, ``as_severity``, ``as_present`` (classification);
+Registered tasks (:data:`TASKS`): ``view``, ``as_severity``, ``as_present``, ``lvh_present``
+(classification; all but ``view`` on images or clips, per the backbone);
 ``lv_seg`` (segmentation); ``ef``, ``volumes``, ``age`` (regression); ``lvh`` (caliper landmarks).
 """
 
@@ -15,12 +16,14 @@ from fedecho.tasks.base import Task
 from fedecho.tasks.classification import ASPresentTask, ASSeverityTask, ClassificationTask, ViewTask
 from fedecho.tasks.dataset import TaskDataset, collate_examples, concat_batches, is_empty_batch
 from fedecho.tasks.lvh import LVH_MEASUREMENTS, LVHTask
+from fedecho.tasks.lvh_present import LVH_WALL_THRESHOLD_CM, LVHPresentTask
 from fedecho.tasks.regression import AgeTask, EFTask, RegressionTask, VolumesTask
 from fedecho.tasks.segmentation import LVSegmentationTask
 from fedecho.tasks.selection import METRIC_DIRECTIONS, BestTracker, is_better, metric_direction
 
 __all__ = [
     "LVH_MEASUREMENTS",
+    "LVH_WALL_THRESHOLD_CM",
     "METRIC_DIRECTIONS",
     "TASKS",
     "ASPresentTask",
@@ -29,6 +32,7 @@ __all__ = [
     "BestTracker",
     "ClassificationTask",
     "EFTask",
+    "LVHPresentTask",
     "LVHTask",
     "LVSegmentationTask",
     "RegressionTask",
@@ -55,6 +59,7 @@ for _task in (
     VolumesTask,
     AgeTask,
     LVHTask,
+    LVHPresentTask,
 ):
     TASKS.add(_task.name, _task)
 del _task

@@ -1,9 +1,27 @@
-"""Image classification tasks: echo view, aortic-stenosis grade, AS present/absent ("condition").
+"""Classification tasks: echo view, aortic-stenosis grade, AS present/absent ("condition"), on
+single images or, for the AS tasks (and ``lvh_present``), on clips.
 
 Label strings map to class indices explicitly: ``classes`` (from :class:`TaskConfig`, default the
 task's whole vocabulary) lists the label names in index order, and a record whose label is outside
 ``classes`` yields no example. So ``classes=("A4C", "A2C")`` trains a two-class A4C-vs-A2C model
 on exactly those images (the seed code's ignored label flag is what this guards against).
+
+**Images or clips: the backbone decides.** A task lists the input kinds it accepts in
+``input_kinds``; :meth:`ClassificationTask.check_backbone` (which the engine calls on the built
+backbone before any dataset is made, see :func:`fedecho.engine.build.build_task_learner`) binds
+the task's ``input_kind`` to the backbone's. Tasks start bound to ``"image"``, so with an image
+backbone (resnet18, vit-s16, segformer-b0) nothing changes: one frame per example, ``image``
+(B, 1, H, W), the frame picked by ``frame_sampling`` when the record is a video. With a clip
+backbone (r3d18, r2plus1d18, r3d-tiny, r2plus1d-tiny) an example is a ``clip`` (B, 1, T, H, W) of
+``T = clip_length`` frames ``clip_stride`` apart, its start drawn by ``frame_sampling`` (as for
+``ef``: :func:`fedecho.tasks.frames.clip_array`), so an R3D-18 is fine-tuned on AS as in EchoCLR
+(Holste et al., 2023). Only videos give clips: a single-image record (a still DICOM, a TMED-2 PNG)
+with a clip backbone is an :class:`EchoDataError` naming the file (``data.on_error=skip`` leaves
+such records out, logged). The bound kind is a per-instance choice rather than a
+:class:`TaskConfig` field, so one configuration (``task=as_present``) runs with any backbone and
+the input can never disagree with the model. Build datasets with a task that has seen its backbone
+(or call :meth:`ClassificationTask.bind_input_kind`); ``forward`` refuses a backbone of the other
+kind. ``view`` stays image-only.
 
 Outputs: logits (B, C). Loss: cross-entropy per sample. Metrics: see
 :func:`fedecho.tasks.metrics.classification.classification_metrics` plus ``loss``.
@@ -23,8 +41,8 @@ from torch import Tensor, nn
 from fedecho.config.task import TaskConfig
 from fedecho.data.errors import EchoDataError
 from fedecho.data.schema import AS_GRADES, VIEWS, ItemRecord, Sample
-from fedecho.tasks.base import Task, label_value
-from fedecho.tasks.frames import frame_index
+from fedecho.tasks.base import IMAGE_BACKBONES, Task, backbone_name, label_value
+from fedecho.tasks.frames import clip_array, frame_index
 from fedecho.tasks.heads import MLPHead
 from fedecho.tasks.metrics.classification import classification_metrics
 from fedecho.tasks.selection import metric_direction
@@ -32,12 +50,15 @@ from fedecho.tasks.selection import metric_direction
 __all__ = ["ASPresentTask", "ASSeverityTask", "ClassificationTask", "ViewTask"]
 
 _METRICS = ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "specificity", "auroc", "loss")
+_INPUT_KINDS = ("image", "clip")
 
 
 class ClassificationTask(Task):
-    """Single-image classification over a string label vocabulary."""
+    """Classification of an image (B, 1, H, W) or, where ``input_kinds`` allows, a clip
+    (B, 1, T, H, W) over a string label vocabulary."""
 
-    input_kind: ClassVar[str] = "image"
+    #: the input kinds this task accepts; ``input_kind`` (an instance attribute) is the bound one
+    input_kinds: ClassVar[tuple[str, ...]] = ("image",)
     vocabulary: ClassVar[tuple[str, ...]]
     metric_directions: ClassVar[dict[str, str]] = {m: metric_direction(m) for m in _METRICS}
     primary_metric: ClassVar[str] = "balanced_accuracy"
@@ -54,6 +75,19 @@ class ClassificationTask(Task):
         self.class_to_index: dict[str, int] = {c: i for i, c in enumerate(self.classes)}
         # labels known to be valid but left out by a configured subset (no example, no error)
         self._known = set(self.vocabulary) | set(self.classes)
+        #: "image" or "clip": the example key built and fed to the backbone (see the module docstring)
+        self.input_kind: str = "image"
+
+    def bind_input_kind(self, kind: str) -> None:
+        """Build and read ``kind`` examples from now on ("image" or "clip", one of ``input_kinds``)."""
+        if kind not in _INPUT_KINDS:
+            raise ValueError(f"input kind must be one of {list(_INPUT_KINDS)}, got {kind!r}")
+        if kind not in self.input_kinds:
+            raise ValueError(
+                f"task {self.name!r} takes {' or '.join(k + 's' for k in self.input_kinds)}, not {kind}s; "
+                f"use an image backbone ({IMAGE_BACKBONES})"
+            )
+        self.input_kind = kind
 
     @property
     def num_classes(self) -> int:
@@ -85,36 +119,61 @@ class ClassificationTask(Task):
             f"or add it to TaskConfig.classes"
         )
 
+    def class_of(self, labels: Mapping[str, Any], path: str) -> int | None:
+        """Class index given by ``labels``; ``None`` when the label is missing or the configured
+        class set leaves it out. Invalid labels raise :class:`EchoDataError` naming ``path``."""
+        value = label_value(labels, self.label_key)
+        return None if value is None else self.label_index(value, path)
+
     # --- data -----------------------------------------------------------------------------------
     def example_keys(self, record: ItemRecord) -> list[Hashable]:
-        value = label_value(record.labels, self.label_key)
-        if value is None or self.label_index(value, record.path) is None:
-            return []
-        return [None]
+        return [] if self.class_of(record.labels, record.path) is None else [None]
 
     def make_example(self, sample: Sample, key: Hashable, rng: np.random.Generator) -> dict[str, Any]:
-        value = label_value(sample.labels, self.label_key)
-        if value is None:
-            raise EchoDataError.at(sample.path, f"{sample.item_id} has no {self.label_key!r} label")
-        index = self.label_index(value, sample.path)
+        """``{"image": (1, H, W)}`` or, bound to clips, ``{"clip": (1, T, H, W)}``; plus ``label``
+        and the ids."""
+        index = self.class_of(sample.labels, sample.path)
         if index is None:
             raise EchoDataError.at(
-                sample.path, f"label {value!r} is outside the configured classes {list(self.classes)}"
+                sample.path, f"{sample.item_id} has no {self.label_key!r} label in the configured classes "
+                f"{list(self.classes)}"
             )
-        frame = frame_index(len(sample.frames), self.cfg.frame_sampling, rng) if sample.is_video else None
-        return {
-            "image": self.image_array(sample, frame, f"{self.name} frame"),
-            "label": index,
-            **self.id_fields(sample),
-        }
+        if self.input_kind == "clip":
+            if not sample.is_video:
+                raise EchoDataError.at(
+                    sample.path, f"task {self.name!r} on a clip backbone needs videos but {sample.item_id} is a "
+                    f"single image; leave single-frame records out (data.on_error=skip skips them) or use an "
+                    f"image backbone ({IMAGE_BACKBONES})"
+                )
+            cfg = self.cfg
+            inputs = {"clip": clip_array(sample, cfg.clip_length, cfg.clip_stride, cfg.frame_sampling,
+                                         cfg.image_size, rng)}
+        else:
+            frame = frame_index(len(sample.frames), self.cfg.frame_sampling, rng) if sample.is_video else None
+            inputs = {"image": self.image_array(sample, frame, f"{self.name} frame")}
+        return {**inputs, "label": index, **self.id_fields(sample)}
 
     # --- model ----------------------------------------------------------------------------------
+    def check_backbone(self, backbone: nn.Module) -> None:
+        """Bind this task's input kind to the backbone's when the task accepts it (images or
+        clips), then check the backbone; an image-only task on a clip backbone names the fix."""
+        kind = getattr(backbone, "input_kind", None)
+        if kind in self.input_kinds:
+            self.bind_input_kind(kind)
+        super().check_backbone(backbone)
+
     def build_head(self, backbone: nn.Module) -> nn.Module:
         self.check_backbone(backbone)
         return MLPHead(backbone.embed_dim, self.num_classes, self.cfg.head_hidden_dim, self.cfg.head_dropout)
 
     def forward(self, backbone: nn.Module, head: nn.Module, batch: Mapping[str, Tensor]) -> Tensor:
-        """Logits (B, C)."""
+        """Logits (B, C) from ``image`` (B, 1, H, W) or ``clip`` (B, 1, T, H, W), per the bound kind."""
+        kind = getattr(backbone, "input_kind", self.input_kind)
+        if kind != self.input_kind:
+            raise ValueError(
+                f"task {self.name!r} is bound to {self.input_kind}s but backbone {backbone_name(backbone)} "
+                f"takes {kind}s; call task.check_backbone(backbone) before building its datasets"
+            )
         return head(backbone.forward_embed(self.backbone_input(backbone, batch)))
 
     def per_sample_loss(self, outputs: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
@@ -136,17 +195,21 @@ class ViewTask(ClassificationTask):
 
 
 class ASSeverityTask(ClassificationTask):
-    """Aortic-stenosis grade over :data:`fedecho.data.schema.AS_GRADES` (or a configured subset)."""
+    """Aortic-stenosis grade over :data:`fedecho.data.schema.AS_GRADES` (or a configured subset),
+    from images or clips."""
 
     name: ClassVar[str] = "as_severity"
+    input_kinds: ClassVar[tuple[str, ...]] = _INPUT_KINDS
     label_keys: ClassVar[tuple[str, ...]] = ("as_grade",)
     vocabulary: ClassVar[tuple[str, ...]] = AS_GRADES
 
 
 class ASPresentTask(ClassificationTask):
-    """AS present vs absent ("condition"): ``no_AS`` -> 0 ``absent``, any other grade -> 1 ``present``."""
+    """AS present vs absent ("condition"): ``no_AS`` -> 0 ``absent``, any other grade -> 1 ``present``;
+    from images or clips (EchoCLR fine-tunes R3D-18 on clips for it)."""
 
     name: ClassVar[str] = "as_present"
+    input_kinds: ClassVar[tuple[str, ...]] = _INPUT_KINDS
     label_keys: ClassVar[tuple[str, ...]] = ("as_grade",)
     vocabulary: ClassVar[tuple[str, ...]] = AS_GRADES
     primary_metric: ClassVar[str] = "auroc"

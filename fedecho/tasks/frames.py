@@ -14,6 +14,7 @@ from fedecho.data.errors import EchoDataError
 from fedecho.data.schema import Sample
 
 __all__ = [
+    "clip_array",
     "clip_indices",
     "frame_index",
     "get_frame",
@@ -91,6 +92,26 @@ def clip_indices(num_frames: int, length: int, stride: int, policy: str, rng: np
     else:
         raise ValueError(f"clip policy must be 'random' or 'center', got {policy!r}")
     return np.minimum(start + stride * np.arange(length), num_frames - 1).astype(np.int64)
+
+
+def clip_array(
+    sample: Sample,
+    length: int,
+    stride: int,
+    policy: str,
+    size: tuple[int, int],
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """A clip of a video sample as float32 (1, T, H, W) in [0, 1]: ``T = length`` frames
+    ``stride`` apart placed by :func:`clip_indices` (``policy``, ``rng``), each resized to ``size``.
+
+    A single-image sample raises :class:`EchoDataError` naming its file (callers that can say
+    more about the fix check ``sample.is_video`` first)."""
+    if not sample.is_video:
+        raise EchoDataError.at(sample.path, f"{sample.item_id} is a single image (H, W); a clip needs a video")
+    index = clip_indices(len(sample.frames), length, stride, policy, rng)
+    frames = to_unit_float(sample.frames[index], sample.path)
+    return np.stack([resize_image(frame, size) for frame in frames])[None]
 
 
 def get_frame(sample: Sample, index: int | None, what: str) -> np.ndarray:

@@ -117,7 +117,7 @@ class SegFormerDecoder(nn.Module):
         self.fuse = nn.Sequential(
             nn.Conv2d(embed_dim * len(self.in_channels), embed_dim, kernel_size=1, bias=False),
             _norm(norm, embed_dim),
-            nn.ReLU(inplace=True),
+            nn.ReLU(),  # not in place: opacus hooks the norm output (DP-SGD)
         )
         self.dropout = nn.Dropout2d(dropout)
         self.classify = nn.Conv2d(embed_dim, out_channels, kernel_size=1)

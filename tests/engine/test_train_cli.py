@@ -74,7 +74,7 @@ def test_label_fraction_trains_on_a_patient_subset(tmp_path):
 
 @pytest.mark.parametrize("overrides,message", [
     (["task=nope"], "Could not find 'task/nope'"),
-    (["task.name=nope"], "valid tasks: age, as_present, as_severity, ef, lv_seg, lvh, view, volumes"),
+    (["task.name=nope"], "valid tasks: age, as_present, as_severity, ef, lv_seg, lvh, lvh_present, view, volumes"),
     (["model=r3d18", "task=lv_seg"], "r3d18"),
     (["mode=pretrain", "ssl=echoclr"], "needs a backbone with input_kind='clip' (e.g. r3d18"),
     (["federation.privacy.mode=sample", "federation.pretrain.rounds=1", "ssl=simclr"], "Use federation.privacy.mode=site"),

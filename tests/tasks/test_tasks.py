@@ -324,7 +324,7 @@ def test_check_backbone_errors_name_the_fix():
 def test_unknown_task_lists_valid_ones():
     with pytest.raises(ValueError, match=r"unknown task 'segmentation'; valid tasks: age, as_present, .*view, volumes"):
         build_task(TaskConfig(name="segmentation"))
-    assert len(TASKS) == 8
+    assert len(TASKS) == 9
 
 
 @pytest.mark.parametrize(
