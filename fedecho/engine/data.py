@@ -143,7 +143,7 @@ def _split_and_partition(reader: EchoReader, cfg: DataConfig,
         records = assign_splits(scan.records, fractions=cfg.split_fractions, seed=cfg.split_seed)
         partition = None
         if num_sites > 1:
-            if cfg.partition.key == IMAGE_INTENSITY:
+            if IMAGE_INTENSITY in (cfg.partition.key, cfg.partition.label):
                 records = with_image_intensity(reader, records)
             partition = partition_patients(records, cfg.partition.method, num_sites, **cfg.partition.options())
         if len(_SPLIT_CACHE) >= 8:

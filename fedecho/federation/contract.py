@@ -51,6 +51,7 @@ class MetricKey:
     LOSS = "train-loss"
     EVAL_LOSS = "eval-loss"
     SECONDS = "seconds"
+    CPU_SECONDS = "cpu-seconds"    # CPU time of the site's process for this round (all threads)
     SKIPPED = "skipped-items"      # unreadable items left out under the skip policy
     EPSILON = "epsilon"
     DELTA = "delta"

@@ -80,22 +80,34 @@ class SiteRuntime:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.data_cfg = data or cfg.data
-        self._site = None
+        self._sites: dict[str, Any] = {}
         self._phases: dict[str, _PhaseObjects] = {}
         self._privacy = None
 
     # --- data ----------------------------------------------------------------------------------
     @property
     def site(self):
-        if self._site is None:
+        """All of the site's patients (self-supervised pretraining uses every training patient)."""
+        return self._load_site(labelled=False)
+
+    @property
+    def labelled(self):
+        """The site's data with ``data.label_fraction`` of its training patients (task phases)."""
+        return self._load_site(labelled=True)
+
+    def _load_site(self, *, labelled: bool):
+        key = "labelled" if labelled and self.data_cfg.label_fraction < 1 else "all"
+        if key not in self._sites:
             from fedecho.engine.data import load_site
 
             simulated = self.data_cfg is self.cfg.data and self.num_sites > 1
-            self._site = load_site(self.data_cfg, site=self.site_index if simulated else None,
-                                   num_sites=self.num_sites if simulated else 1, fraction_of_train=True)
-            log.info("site %d: %d train / %d val / %d test records (%d unreadable skipped)", self.site_index,
-                     len(self._site.train), len(self._site.val), len(self._site.test), len(self._site.issues))
-        return self._site
+            site = load_site(self.data_cfg, site=self.site_index if simulated else None,
+                             num_sites=self.num_sites if simulated else 1, fraction_of_train=key == "labelled")
+            log.info("site %d: %d train%s / %d val / %d test records (%d unreadable skipped)", self.site_index,
+                     len(site.train), " labelled" if key == "labelled" else "", len(site.val), len(site.test),
+                     len(site.issues))
+            self._sites[key] = site
+        return self._sites[key]
 
     # --- state ---------------------------------------------------------------------------------
     def _path(self, what: str, phase: Phase) -> Path:
@@ -153,7 +165,7 @@ class SiteRuntime:
                     f"the start of the adapt phase (this site was not connected then)"
                 )
             learner = build_task_learner(self.cfg, phase.task, encoder_state=encoder)
-            loaders = task_loaders(self.cfg, self.site, learner.task, seed=seed)
+            loaders = task_loaders(self.cfg, self.labelled, learner.task, seed=seed)
             train_loader = loaders.get("train")
             eval_loaders = {k: v for k, v in loaders.items() if k != "train"}
         local_steps = phase.local_steps or len(train_loader) * phase.local_epochs
@@ -187,7 +199,7 @@ class SiteRuntime:
 
     def train(self, phase: Phase, round_: int, arrays: Mapping[str, Tensor],
               proximal_mu: float = 0.0) -> tuple[dict[str, Tensor], dict[str, float]]:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         objects = self._objects(phase)
         learner, trainer, loader = objects.learner, objects.trainer, objects.train_loader
         learner.load_shared_state_dict(arrays)
@@ -220,6 +232,7 @@ class SiteRuntime:
         objects.trained_round = round_
         metrics.update({MetricKey.NUM_EXAMPLES: float(len(dataset)), MetricKey.LOSS: float(sum(losses) / len(losses)),
                         MetricKey.SECONDS: time.perf_counter() - start,
+                        MetricKey.CPU_SECONDS: time.process_time() - cpu_start,
                         MetricKey.SKIPPED: float(len(getattr(dataset, "skipped", [])) + len(self.site.issues))})
         if objects.privacy is not None:
             (self.state_dir / "privacy.json").write_text(json.dumps(objects.privacy.state_dict()))

@@ -1,0 +1,191 @@
+"""Read an experiment's arms back from their run directories and write the result table:
+published · pooled · federated · federated / pooled (``results.md`` + ``results.json``)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedecho.experiments.spec import Experiment
+
+__all__ = ["ArmResult", "collect_arm", "experiment_rows", "summary_table", "write_results"]
+
+
+@dataclass
+class ArmResult:
+    arm: str
+    run_dir: str
+    central: dict[str, dict[str, float]]
+    """task -> metrics of the global model on the pooled test split (coordinator side; simulation)."""
+    sites: dict[str, dict[str, float]]
+    """task -> the sites' own test patients, averaged over sites weighted by examples."""
+    ci: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    """task -> metric -> [estimate, low, high]: percentile bootstrap 95 % interval over test patients."""
+    wall_seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    """Sites' CPU time over every round (all threads) + the coordinator process's CPU time."""
+    rounds: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    encoder: str | None = None
+    setting: str | None = None
+    fraction: float | None = None
+
+    def value(self, task: str, metric: str) -> float:
+        central, sites = self.central.get(task, {}), self.sites.get(task, {})
+        return float((central if metric in central else sites).get(metric, math.nan))
+
+
+def collect_arm(exp: Experiment, arm: str, run_dir: Path, *, wall_seconds: float = 0.0,
+                coordinator_cpu: float = 0.0, **extra: Any) -> ArmResult:
+    """The arm's results from ``run_dir/history.json`` (+ ``predictions/<task>.npz`` for intervals)."""
+    from fedecho.report.rundir import load_history
+
+    records = load_history(run_dir)
+    final = {r.phase.split(":", 1)[1]: r for r in records if r.phase.startswith("evaluate:")}
+    missing = [task for task in exp.tasks if task not in final]
+    if missing:
+        raise ValueError(f"{run_dir}: the run has no final evaluation of {', '.join(missing)} (did it finish?)")
+    timing = run_dir / "arm.json"
+    if wall_seconds == 0.0 and timing.is_file():  # read back: keep the timing of the run that made it
+        saved = json.loads(timing.read_text())
+        wall_seconds, coordinator_cpu = saved["wall_seconds"], saved["coordinator_cpu"]
+    else:
+        timing.write_text(json.dumps({"wall_seconds": wall_seconds, "coordinator_cpu": coordinator_cpu}))
+    site_cpu = sum(values.get("cpu-seconds", 0.0) for r in records for values in r.sites_train.values())
+    result = ArmResult(
+        arm=arm, run_dir=str(run_dir), central={t: dict(r.central) for t, r in final.items()},
+        sites={t: dict(r.evaluate) for t, r in final.items()},
+        wall_seconds=wall_seconds, cpu_seconds=site_cpu + coordinator_cpu,
+        rounds=sum(1 for r in records if r.phase.startswith(("adapt:", "pretrain"))),
+        bytes_sent=sum(r.bytes_sent for r in records), bytes_received=sum(r.bytes_received for r in records),
+        **extra,
+    )
+    result.ci = {task: _intervals(run_dir / "predictions" / f"{task}.npz") for task in exp.tasks}
+    return result
+
+
+def _intervals(path: Path) -> dict[str, list[float]]:
+    if not path.is_file():
+        return {}
+    from fedecho.report.bootstrap import prediction_cis
+    from fedecho.report.predictions import load_predictions
+
+    return {k: [float(x) for x in v] for k, v in prediction_cis(load_predictions(path)).items()}
+
+
+def _ci_key(exp_metric: str, ci: dict[str, list[float]]) -> str | None:
+    """The interval of a metric: same name, or the same name with '/' spelled as '_'."""
+    for key in (exp_metric, exp_metric.replace("/", "_"), exp_metric.split("/")[-1]):
+        if key in ci:
+            return key
+    return None
+
+
+def _fmt(value: float) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def _with_ci(arm: ArmResult, task: str, metric: str) -> str:
+    text = _fmt(arm.value(task, metric))
+    ci = arm.ci.get(task, {})
+    key = _ci_key(metric, ci)
+    if key is not None:
+        _, low, high = ci[key]
+        text += f" ({low:.3f}–{high:.3f})"
+    return text
+
+
+def experiment_rows(exp: Experiment, results: dict[str, ArmResult]) -> list[dict[str, Any]]:
+    """One row per target and federated arm: published · pooled · federated · federated / pooled."""
+    if any(r.fraction is not None for r in results.values()):
+        pairs = []
+        for target in exp.targets:
+            goal = target.published.fraction or 1.0
+            fractions = sorted({r.fraction for r in results.values() if r.fraction is not None})
+            nearest = min(fractions, key=lambda f: abs(math.log(f) - math.log(goal)))
+            encoder = next(iter(exp.encoders))
+            pairs.append((target, f"{encoder} @ {nearest:g} labels", results.get(f"{encoder}-pooled-{nearest:g}"),
+                          results.get(f"{encoder}-federated-{nearest:g}")))
+    else:
+        pairs = [(target, arm, results.get("pooled"), result) for target in exp.targets
+                 for arm, result in results.items() if arm != "pooled"]
+    rows = []
+    for target, name, pooled, federated in pairs:
+        p = pooled.value(target.task, target.metric) if pooled else math.nan
+        f = federated.value(target.task, target.metric) if federated else math.nan
+        rows.append({"experiment": exp.name, "arm": name, "task": target.task, "metric": target.metric,
+                     "published": target.published.value, "pooled": p, "federated": f,
+                     "ratio": f / p if p and not math.isnan(p) else math.nan,
+                     "published_text": _fmt(target.published.value),
+                     "pooled_text": _with_ci(pooled, target.task, target.metric) if pooled else "n/a",
+                     "federated_text": _with_ci(federated, target.task, target.metric) if federated else "n/a"})
+    return rows
+
+
+def summary_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| experiment | arm | task | metric | published | pooled | federated | federated / pooled |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['experiment']} | {r['arm']} | {r['task']} | {r['metric']} | {r['published_text']} | "
+                     f"{r['pooled_text']} | {r['federated_text']} | {_fmt(r['ratio'])} |")
+    return lines
+
+
+def write_results(exp: Experiment, size: str, out: Path, results: dict[str, ArmResult]) -> dict[str, Any]:
+    rows = experiment_rows(exp, results)
+    payload = {"experiment": exp.name, "size": size, "title": exp.title, "seed": exp.seed, "dataset": exp.dataset,
+               "method": exp.method, "backbone": exp.backbone, "targets": [asdict(t) for t in exp.targets],
+               "rows": rows, "arms": {k: asdict(v) for k, v in results.items()}}
+    (out / "results.json").write_text(json.dumps(payload, indent=1, default=float))
+    lines = [f"# {exp.title} ({size})", "",
+             f"Seed: {exp.seed}. Dataset: {exp.dataset}. Backbone: {exp.backbone}.", "", f"Method: {exp.method}", "",
+             "Published:", ""]
+    for target in exp.targets:
+        pub = target.published
+        lines.append(f"- {target.task}: {pub.metric} {_fmt(pub.value)}"
+                     + (f" at {pub.fraction:g} of labels" if pub.fraction else "") + f" — {pub.source}."
+                     + (f" {pub.note}" if pub.note else ""))
+    lines += ["", *summary_table(rows), "", "## Arms", "",
+              "CPU time: the sites' training rounds (all threads) plus the coordinator process.", ""]
+    for target in exp.targets:
+        metrics = [target.metric, *[m for m in target.report_metrics if m != target.metric]]
+        lines += [f"### {target.task}", "",
+                  "| arm | " + " | ".join(metrics) + " | CPU min | wall min | MB sent | report |",
+                  "|---|" + "---|" * (len(metrics) + 4)]
+        for name, arm in results.items():
+            report = Path(arm.run_dir) / "report" / "report.md"
+            link = f"[report]({report.relative_to(out)})" if report.is_file() else "-"
+            lines.append(f"| {name} | " + " | ".join(_with_ci(arm, target.task, m) for m in metrics)
+                         + f" | {arm.cpu_seconds / 60:.1f} | {arm.wall_seconds / 60:.1f} | "
+                         f"{arm.bytes_sent / 1e6:.1f} | {link} |")
+        lines.append("")
+    if any(r.fraction is not None for r in results.values()):
+        for target in exp.targets:
+            lines += _fraction_section(exp, target, out, results)
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    return payload
+
+
+def _fraction_section(exp: Experiment, target: Any, out: Path, results: dict[str, ArmResult]) -> list[str]:
+    from fedecho.report.figure import save_figure
+    from fedecho.report.fractions import fraction_table, plot_label_fraction_curves
+
+    rows = []
+    for arm in results.values():
+        if arm.fraction is None:
+            continue
+        ci = arm.ci.get(target.task, {})
+        key = _ci_key(target.metric, ci)
+        low, high = (ci[key][1], ci[key][2]) if key else (math.nan, math.nan)
+        # the plot knows two encoder arms: self-supervised pretraining ("ssl") and random init
+        rows.append({"arm": "random" if arm.encoder == "random" else "ssl", "setting": arm.setting, "fraction": arm.fraction, "metric": target.metric,
+                     "value": arm.value(target.task, target.metric), "low": low, "high": high})
+    figure = plot_label_fraction_curves(rows)
+    path = out / f"label_fractions_{target.task}.png"
+    save_figure(figure, path)
+    return [f"## Label fractions: {target.task}", "", *fraction_table(rows), "",
+            f"![label-fraction curves, {target.task}]({path.name})", ""]

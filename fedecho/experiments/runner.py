@@ -1,0 +1,176 @@
+"""Run one reproduction experiment: the pooled arm and every federated arm (and, for label-fraction
+experiments, each encoder arm at each fraction), then collect one table row per federated arm.
+
+Every arm is a Flower simulation of the experiment's config (:func:`fedecho.federation.simulation.
+simulate`), in its own run directory under ``OUT/<arm>``. An arm whose run directory already holds a
+finished run is read back, not run again; one that holds a checkpoint is resumed — so a long
+experiment interrupted half-way continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from fedecho.experiments.results import ArmResult, collect_arm, write_results
+from fedecho.experiments.spec import Experiment
+
+__all__ = ["POOLED", "arm_overrides", "run_experiment"]
+
+log = logging.getLogger(__name__)
+
+#: overrides that turn any federated arm into the pooled (one-site) arm
+POOLED = ["federation.num_sites=1", "federation.strategy.name=fedavg", "federation.strategy.min_sites=1",
+          "federation.strategy.local_norms=false", "data.partition.method=iid"]
+
+
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def data_overrides(exp: Experiment, size: str, data_root: str | None) -> list[str]:
+    """``data.root=...`` for sizes that read the real dataset; a clear error where it is absent."""
+    if not exp.uses_real_data(size):
+        return []
+    root = data_root or exp.data_root
+    if root is None:
+        raise FileNotFoundError(f"experiment {exp.name} ({size}) reads {exp.dataset} data: pass --data-root PATH")
+    path = Path(root)
+    if not path.is_absolute():
+        path = (_repo_root() / path) if (_repo_root() / path).exists() else path.resolve()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"experiment {exp.name} ({size}) reads the {exp.dataset} dataset, not found at {path}; download it "
+            f"(see README, 'Data') and pass --data-root PATH, or run --size smoke (synthetic data)")
+    return [f"data.root={path}"]
+
+
+def arm_overrides(exp: Experiment, size: str, arm: str, *, data_root: str | None = None,
+                  extra: list[str] | None = None) -> list[str]:
+    """The Hydra overrides of one arm (``pooled`` or a federated arm's name), without run_dir/init."""
+    base = [*exp.overrides, *exp.size_overrides(size), *data_overrides(exp, size, data_root)]
+    if arm == "pooled":
+        return [*base, *exp.pooled, *POOLED, *(extra or [])]
+    if arm not in exp.federated:
+        raise ValueError(f"experiment {exp.name} has no arm {arm!r}; arms: pooled, {', '.join(exp.federated)}")
+    return [*base, *exp.federated[arm], *(extra or [])]
+
+
+def _finished(run_dir: Path, tasks: list[str]) -> bool:
+    history = run_dir / "history.json"
+    if not history.is_file():
+        return False
+    evaluated = {r.get("phase") for r in json.loads(history.read_text())}
+    return all(f"evaluate:{task}" in evaluated for task in tasks)
+
+
+def _simulate(exp: Experiment, overrides: list[str], run_dir: Path, *, cpus: int | None,
+              cpus_per_site: float) -> tuple[float, float]:
+    """Run (or resume, or reuse) one simulation; (wall seconds, coordinator-process CPU seconds)."""
+    from fedecho.federation.simulation import simulate
+
+    if _finished(run_dir, exp.tasks):
+        log.info("%s: finished run found, reading it back", run_dir)
+        return 0.0, 0.0
+    resume = (run_dir / "checkpoint").is_dir()
+    cpu = time.process_time()
+    result = simulate(exp.config, [*overrides, f"federation.run_dir={run_dir}"], cpus_per_site=cpus_per_site,
+                      total_cpus=cpus, resume=resume)
+    return result["seconds"], time.process_time() - cpu
+
+
+def _pretext(exp: Experiment, size: str, out: Path) -> Path | None:
+    """The one-site supervised pretext of the experiment (``fedecho train``), trained once per size."""
+    overrides = exp.pretext_for(size)
+    if not overrides:
+        return None
+    from fedecho.config.compose import compose_run_config
+    from fedecho.engine.local import train_local
+
+    folder = out / "pretext"
+    for name in ("best.pt", "last.pt"):
+        if (folder / "checkpoints" / name).is_file() and (folder / "results.json").is_file():
+            return folder / "checkpoints" / name
+    cfg = compose_run_config([*overrides, f"train.out_dir={folder}"], config_name="train")
+    log.info("%s: pretext training (%s)", exp.name, " ".join(overrides))
+    train_local(cfg)
+    best = folder / "checkpoints" / "best.pt"
+    return best if best.is_file() else folder / "checkpoints" / "last.pt"
+
+
+def _export_pretrained(exp: Experiment, overrides: list[str], run_dir: Path) -> Path:
+    """The pretrain phase's global encoder of ``run_dir`` as a checkpoint ``init=`` can start from."""
+    import torch
+
+    from fedecho.config.compose import compose_run_config
+    from fedecho.engine.build import build_pretrain_learner
+    from fedecho.federation.state import RunCheckpoint
+
+    path = run_dir / "pretrained_encoder.pt"
+    if path.is_file():
+        return path
+    checkpoint = RunCheckpoint.load(run_dir)
+    if checkpoint is None:
+        raise FileNotFoundError(f"{run_dir}: the pretraining run left no checkpoint")
+    learner = build_pretrain_learner(compose_run_config(overrides, config_name=exp.config))
+    learner.load_shared_state_dict({k: torch.from_numpy(v.copy()) for k, v in
+                                    checkpoint.phase_arrays("pretrain").items()})
+    torch.save({"learner": learner.state_dict()}, path)
+    return path
+
+
+def run_experiment(exp: Experiment, size: str = "smoke", *, out: str | Path | None = None,
+                   arms: list[str] | None = None, data_root: str | None = None, extra: list[str] | None = None,
+                   cpus: int | None = None, cpus_per_site: float = 1.0, first_arm: bool = False) -> dict[str, Any]:
+    """Run ``exp`` at ``size``; returns the results written to ``OUT/results.json`` (+ results.md).
+    ``first_arm``: only the pooled arm and the first federated arm (CI's smoke runs)."""
+    out = Path(out or Path("runs") / "experiments" / exp.name / size).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    init = _pretext(exp, size, out)
+    init_override = [f"init={init}"] if init else []
+    results: dict[str, ArmResult] = {}
+    if exp.fractions_for(size):
+        results = _fraction_arms(exp, size, out, data_root=data_root, extra=[*init_override, *(extra or [])],
+                                 cpus=cpus, cpus_per_site=cpus_per_site, only=arms)
+    else:
+        wanted = arms or ["pooled", *list(exp.federated)[:1 if first_arm else None]]
+        for arm in wanted:
+            overrides = [*arm_overrides(exp, size, arm, data_root=data_root, extra=extra), *init_override]
+            run_dir = out / arm
+            wall, cpu = _simulate(exp, overrides, run_dir, cpus=cpus, cpus_per_site=cpus_per_site)
+            results[arm] = collect_arm(exp, arm, run_dir, wall_seconds=wall, coordinator_cpu=cpu)
+    return write_results(exp, size, out, results)
+
+
+def _fraction_arms(exp: Experiment, size: str, out: Path, *, data_root: str | None, extra: list[str],
+                   cpus: int | None, cpus_per_site: float, only: list[str] | None) -> dict[str, ArmResult]:
+    """Encoder arm × setting (pooled, the first federated arm) × label fraction. A pretraining
+    encoder arm pretrains once per setting (all patients, no labels used) and every fraction's
+    adapter run starts from that encoder."""
+    from fedecho.config.compose import compose_run_config
+
+    settings = {"pooled": "pooled", "federated": next(iter(exp.federated))}
+    results: dict[str, ArmResult] = {}
+    for encoder, encoder_overrides in exp.encoders.items():
+        for setting, arm in settings.items():
+            base = [*arm_overrides(exp, size, arm, data_root=data_root, extra=extra), *encoder_overrides]
+            pretrains = compose_run_config(base, config_name=exp.config).federation.pretrain.rounds > 0
+            init: list[str] = []
+            for fraction in exp.fractions_for(size):
+                name = f"{encoder}-{setting}-{fraction:g}"
+                run_dir = out / name
+                overrides = [*base, *init, f"data.label_fraction={fraction}"]
+                if not only or name in only:
+                    wall, cpu = _simulate(exp, overrides, run_dir, cpus=cpus, cpus_per_site=cpus_per_site)
+                    results[name] = collect_arm(exp, name, run_dir, wall_seconds=wall, coordinator_cpu=cpu,
+                                                encoder=encoder, setting=setting, fraction=fraction)
+                if pretrains and not init:
+                    # The first fraction's run pretrained the encoder (all patients, no labels): the
+                    # other fractions start from it instead of pretraining again.
+                    if not (run_dir / "checkpoint").is_dir():
+                        _simulate(exp, overrides, run_dir, cpus=cpus, cpus_per_site=cpus_per_site)
+                    init = [f"init={_export_pretrained(exp, overrides, run_dir)}", "federation.pretrain.rounds=0"]
+    return results

@@ -1,0 +1,85 @@
+"""Result rows from run directories: the federated / pooled ratio, CPU time summed over sites and
+rounds, timings kept when a finished run is read back, the label-fraction row at the published
+fraction, and a clear error for a run that never finished."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, replace
+
+import pytest
+
+from fedecho.experiments import collect_arm, load_experiment, write_results
+from fedecho.federation.history import RoundRecord
+
+
+def fake_run(run_dir, task, central, cpu_per_round=(10.0, 20.0), rounds=2):
+    records = []
+    for r in range(1, rounds + 1):
+        sites = {f"site-{i}": {"num-examples": 5.0, "cpu-seconds": cpu} for i, cpu in enumerate(cpu_per_round)}
+        records.append(RoundRecord(phase=f"adapt:{task}", round=r, train={"train-loss": 1.0 / r},
+                                   sites_train=sites, bytes_sent=1000, bytes_received=500))
+    records.append(RoundRecord(phase=f"evaluate:{task}", round=1, evaluate={k: v - 0.01 for k, v in central.items()},
+                               central=dict(central)))
+    run_dir.mkdir(parents=True)
+    (run_dir / "history.json").write_text(json.dumps([asdict(r) for r in records]))
+    return run_dir
+
+
+def test_row_ratio_cpu_and_markdown(tmp_path):
+    exp = load_experiment("camus_lv_seg")
+    pooled = collect_arm(exp, "pooled", fake_run(tmp_path / "pooled", "lv_seg", {"dice/lv_cavity": 0.90, "dice": 0.85},
+                                                 cpu_per_round=(30.0,)), wall_seconds=60.0, coordinator_cpu=5.0)
+    fed = collect_arm(exp, "fedavg-intensity", fake_run(tmp_path / "fed", "lv_seg", {"dice/lv_cavity": 0.88, "dice": 0.8}),
+                      wall_seconds=90.0, coordinator_cpu=3.0)
+    assert pooled.cpu_seconds == pytest.approx(2 * 30.0 + 5.0)
+    assert fed.cpu_seconds == pytest.approx(2 * (10.0 + 20.0) + 3.0)
+    assert fed.bytes_sent == 2000 and fed.rounds == 2
+    assert fed.value("lv_seg", "dice/lv_cavity") == pytest.approx(0.88)  # central first
+    assert math.isnan(fed.value("lv_seg", "dice/septum"))
+    payload = write_results(exp, "full", tmp_path, {"pooled": pooled, "fedavg-intensity": fed})
+    (row,) = payload["rows"]
+    assert row["ratio"] == pytest.approx(0.88 / 0.90)
+    assert row["published"] == pytest.approx(0.926)
+    text = (tmp_path / "results.md").read_text()
+    assert "| camus_lv_seg | fedavg-intensity | lv_seg | dice/lv_cavity | 0.926 | 0.900 | 0.880 | 0.978 |" in text
+    assert json.loads((tmp_path / "results.json").read_text())["rows"][0]["arm"] == "fedavg-intensity"
+
+
+def test_read_back_keeps_the_timing_of_the_run(tmp_path):
+    exp = load_experiment("camus_lv_seg")
+    run = fake_run(tmp_path / "pooled", "lv_seg", {"dice/lv_cavity": 0.9})
+    collect_arm(exp, "pooled", run, wall_seconds=123.0, coordinator_cpu=4.0)
+    again = collect_arm(exp, "pooled", run)  # the runner reads a finished run back with no timing
+    assert again.wall_seconds == 123.0 and again.cpu_seconds == pytest.approx(2 * 30.0 + 4.0)
+
+
+def test_unfinished_run_is_named(tmp_path):
+    exp = load_experiment("camus_lv_seg")
+    run = tmp_path / "half"
+    run.mkdir()
+    (run / "history.json").write_text(json.dumps([asdict(RoundRecord(phase="adapt:lv_seg", round=1))]))
+    with pytest.raises(ValueError, match="no final evaluation of lv_seg"):
+        collect_arm(exp, "pooled", run)
+
+
+def test_fraction_row_uses_the_published_fraction(tmp_path):
+    exp = load_experiment("echoclr_as")
+    exp = replace(exp, fractions={**exp.fractions, "full": [0.01, 0.1, 1.0]})
+    results = {}
+    for encoder in exp.encoders:
+        for setting in ("pooled", "federated"):
+            for fraction in (0.01, 0.1, 1.0):
+                auroc = 0.6 + 0.3 * fraction + (0.05 if encoder == "echoclr" else 0) + (0 if setting == "pooled" else -0.02)
+                name = f"{encoder}-{setting}-{fraction:g}"
+                run = fake_run(tmp_path / name, "as_present", {"auroc": auroc})
+                results[name] = collect_arm(exp, name, run, wall_seconds=1.0, encoder=encoder, setting=setting,
+                                            fraction=fraction)
+    payload = write_results(exp, "full", tmp_path, results)
+    (row,) = payload["rows"]
+    assert row["arm"] == "echoclr @ 0.01 labels"  # published at 1 % labels
+    assert row["pooled"] == pytest.approx(0.6 + 0.003 + 0.05)
+    assert row["federated"] == pytest.approx(0.6 + 0.003 + 0.05 - 0.02)
+    assert (tmp_path / "label_fractions_as_present.png").stat().st_size > 5000
+    assert "## Label fractions: as_present" in (tmp_path / "results.md").read_text()

@@ -1,0 +1,39 @@
+"""Every reproduction experiment at ``smoke`` size (synthetic data in the dataset's own format, tiny
+models, one round), through the command researchers run: ``fedecho simulate NAME --size smoke``.
+CI runs the pooled arm and the first federated arm of each (all arms are checked to compose in
+test_spec.py); the result row, each arm's report and, for label-fraction experiments, the curves
+must exist."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from fedecho.experiments import list_experiments, load_experiment
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+@pytest.mark.parametrize("name", list_experiments())
+def test_smoke(name, tmp_path, monkeypatch):
+    from fedecho.cli.main import main
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    exp = load_experiment(name)
+    out = tmp_path / name
+    assert main(["simulate", name, "--size", "smoke", "--first-arm", "--cpus", "2", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["rows"]) == len(exp.targets)
+    for row in results["rows"]:
+        assert math.isfinite(row["pooled"]) and math.isfinite(row["federated"]), row
+    for arm, values in results["arms"].items():
+        assert (out / arm / "report" / "report.md").is_file(), arm
+        assert values["cpu_seconds"] > 0 and values["bytes_sent"] > 0
+        for task in exp.tasks:
+            assert values["central"][task], f"{arm}: no central evaluation of {task}"
+    if exp.fractions:
+        for task in set(exp.tasks):
+            assert (out / f"label_fractions_{task}.png").stat().st_size > 5000
+    assert "| " + name + " |" in (out / "results.md").read_text()
