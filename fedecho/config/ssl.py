@@ -141,7 +141,8 @@ class SSLConfig:
     projection_hidden_dim: int | None = None
     """SimCLR projection head hidden size; ``None`` = the backbone's embed_dim (as SimCLR)."""
     positive_level: str = "study"
-    """Multi-instance positives: two different videos of the same "study" or "patient"."""
+    """Multi-instance positives: two different videos of the same "study" or "patient"; "video":
+    two different clips of one video (for datasets with one video per study, e.g. EchoNet-LVH)."""
     clip_length: int = 16
     """Frames per clip for clip methods (multi_instance, echoclr)."""
     clip_stride: int = 1
@@ -187,9 +188,9 @@ class SSLConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{owner}.{name}={value}; a temperature must be > 0 (e.g. 0.1)")
-        if self.positive_level not in ("study", "patient"):
+        if self.positive_level not in ("study", "patient", "video"):
             raise ValueError(
-                f"{owner}.positive_level={self.positive_level!r}; use 'study' or 'patient'"
+                f"{owner}.positive_level={self.positive_level!r}; use 'study', 'patient' or 'video'"
             )
         if self.frame_order_frames != 4:
             raise ValueError(

@@ -78,8 +78,8 @@ def _intervals(path: Path) -> dict[str, list[float]]:
 
 
 def _ci_key(exp_metric: str, ci: dict[str, list[float]]) -> str | None:
-    """The interval of a metric: same name, or the same name with '/' spelled as '_'."""
-    for key in (exp_metric, exp_metric.replace("/", "_"), exp_metric.split("/")[-1]):
+    """The interval of a metric: the same name, '/' spelled '_', or an LVH caliper's mae_mm as mae."""
+    for key in (exp_metric, exp_metric.replace("/", "_"), exp_metric.replace("mae_mm", "mae")):
         if key in ci:
             return key
     return None
@@ -108,7 +108,7 @@ def experiment_rows(exp: Experiment, results: dict[str, ArmResult]) -> list[dict
             fractions = sorted({r.fraction for r in results.values() if r.fraction is not None})
             nearest = min(fractions, key=lambda f: abs(math.log(f) - math.log(goal)))
             encoder = next(iter(exp.encoders))
-            pairs.append((target, f"{encoder} @ {nearest:g} labels", results.get(f"{encoder}-pooled-{nearest:g}"),
+            pairs.append((target, f"{encoder}, {nearest * 100:g} % labels", results.get(f"{encoder}-pooled-{nearest:g}"),
                           results.get(f"{encoder}-federated-{nearest:g}")))
     else:
         pairs = [(target, arm, results.get("pooled"), result) for target in exp.targets
@@ -146,8 +146,7 @@ def write_results(exp: Experiment, size: str, out: Path, results: dict[str, ArmR
              "Published:", ""]
     for target in exp.targets:
         pub = target.published
-        lines.append(f"- {target.task}: {pub.metric} {_fmt(pub.value)}"
-                     + (f" at {pub.fraction:g} of labels" if pub.fraction else "") + f" — {pub.source}."
+        lines.append(f"- {target.task}: {pub.metric} {_fmt(pub.value)} — {pub.source}."
                      + (f" {pub.note}" if pub.note else ""))
     lines += ["", *summary_table(rows), "", "## Arms", "",
               "CPU time: the sites' training rounds (all threads) plus the coordinator process.", ""]

@@ -218,7 +218,7 @@ class Coordinator:
 
     def _print_round(self, record: RoundRecord) -> None:
         def short(values: dict[str, float]) -> str:
-            keep = [k for k in values if k not in ("num-examples", "site-index", "seconds")]
+            keep = [k for k in values if k not in ("num-examples", "site-index", "seconds", "cpu-seconds")]
             return ", ".join(f"{k} {values[k]:.4g}" for k in keep[:6])
 
         line = f"[{record.phase} round {record.round}] train: {short(record.train) or '-'} | eval: " \

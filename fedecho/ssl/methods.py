@@ -205,20 +205,22 @@ class SimCLR(PretrainMethod):
 @SSL_METHODS.register("multi_instance")
 class MultiInstanceSimCLR(SimCLR):
     """Multi-instance SimCLR (Holste et al. 2023): the two views are clips of two different
-    videos of one study (``cfg.positive_level`` "study") or patient ("patient")."""
+    videos of one study (``cfg.positive_level`` "study") or patient ("patient"), or two clips of
+    one video ("video": for datasets with a single video per study)."""
 
     name = "multi_instance"
     input_kind = "clip"
     input_unit = "study"
 
     def make_views(self, item: Sequence[Sample], generator: RandomGenerator) -> dict[str, Any]:
-        first, second = pick_pair(item, generator)
         cfg = self.cfg
+        first, second = (item[0], item[0]) if cfg.positive_level == "video" else pick_pair(item, generator)
         views = [
             self.transform({"clip": random_clip(s, cfg.clip_length, cfg.clip_stride, generator)}, generator)["clip"]
             for s in (first, second)
         ]
-        group = first.patient_id if cfg.positive_level == "patient" else f"{first.patient_id}/{first.study_id}"
+        group = {"patient": first.patient_id, "video": f"{first.patient_id}/{first.study_id}/{first.item_id}"}.get(
+            cfg.positive_level, f"{first.patient_id}/{first.study_id}")
         return {"view_a": views[0], "view_b": views[1], "group": group}
 
 

@@ -127,13 +127,16 @@ def group_by_study(
     items: Sequence[ItemT], level: str = "study", min_size: int = 2
 ) -> list[list[ItemT]]:
     """Group records or samples (anything with ``patient_id`` and ``study_id``) by study
-    (``level="study"``: same patient and study) or by ``"patient"``, in first-seen order.
+    (``level="study"``: same patient and study) or by ``"patient"``, in first-seen order;
+    ``"video"`` makes one group per item (positives are then two clips of one video).
 
     Groups with fewer than ``min_size`` items cannot give two different videos; they are left
     out and their number is logged.
     """
-    if level not in ("study", "patient"):
-        raise ValueError(f"group level {level!r}; use 'study' or 'patient'")
+    if level not in ("study", "patient", "video"):
+        raise ValueError(f"group level {level!r}; use 'study', 'patient' or 'video'")
+    if level == "video":
+        return [[item] for item in items]
     groups: dict[Hashable, list[ItemT]] = {}
     for item in items:
         key = item.patient_id if level == "patient" else (item.patient_id, item.study_id)

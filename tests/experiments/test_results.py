@@ -78,7 +78,7 @@ def test_fraction_row_uses_the_published_fraction(tmp_path):
                                             fraction=fraction)
     payload = write_results(exp, "full", tmp_path, results)
     (row,) = payload["rows"]
-    assert row["arm"] == "echoclr @ 0.01 labels"  # published at 1 % labels
+    assert row["arm"] == "echoclr, 1 % labels"  # published at 1 % labels
     assert row["pooled"] == pytest.approx(0.6 + 0.003 + 0.05)
     assert row["federated"] == pytest.approx(0.6 + 0.003 + 0.05 - 0.02)
     assert (tmp_path / "label_fractions_as_present.png").stat().st_size > 5000

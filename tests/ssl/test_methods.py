@@ -286,6 +286,26 @@ def test_multi_instance_views_come_from_two_different_videos_of_one_study() -> N
         np.testing.assert_array_equal(restored, views["view_a"])
 
 
+def test_video_level_positives_are_two_clips_of_one_video() -> None:
+    """positive_level=video (one video per study, e.g. EchoNet-LVH): every video is its own group
+    and both views come from it, at different clip positions."""
+    augment = AugmentConfig(image_size=16, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), jitter_prob=0.0, blur_prob=0.0)
+    method = build_method(TinyBackbone("clip"), small_config("echoclr", augment=augment, positive_level="video"))
+    ramp = np.stack([np.full((16, 16), 10 * t, np.uint8) for t in range(24)])  # frame t has value 10 t
+    only = Sample("synthetic", "p1", "s1", "v1", ramp)
+    groups = group_by_study([only, Sample("synthetic", "p2", "s2", "v2", ramp)], level="video")
+    assert [[s.item_id for s in g] for g in groups] == [["v1"], ["v2"]]
+    rng = np.random.default_rng(0)
+    starts = set()
+    for _ in range(10):
+        views = method.make_views(groups[0], rng)
+        assert views["group"] == "p1/s1/v1"
+        starts.add((float(views["view_a"].mean()), float(views["view_b"].mean())))
+    assert any(a != b for a, b in starts)  # the two clips start at different frames
+    with pytest.raises(ValueError, match="'study', 'patient' or 'video'"):
+        small_config("echoclr", positive_level="frame")
+
+
 def test_pick_pair_covers_all_ordered_pairs() -> None:
     rng = np.random.default_rng(0)
     pairs = {pick_pair("abc", rng) for _ in range(300)}
