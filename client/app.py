@@ -22,11 +22,28 @@ def _runtime(context: Context, run_config: dict):
         index, count = int(node["partition-id"]), int(node["num-partitions"])
         state_dir = Path(cfg.federation.run_dir).resolve() / "sites" / f"site_{index}"
         return get_runtime(cfg, site_index=index, num_sites=count, state_dir=state_dir)
-    from fedecho.config.data import DataConfig  # deployment: the site's own data, from fedecho-client
+    # deployment: the site's own data and settings, from fedecho-client (fedecho.deploy.supernode)
+    from fedecho.config.data import DataConfig
 
+    if node.get("device"):  # the site's choice (fedecho-client start --device) wins over the run's
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=str(node["device"])))
     data = DataConfig(format=str(node["data-format"]), root=str(node["data-root"]), on_error="skip")
     return get_runtime(cfg, site_index=int(node.get("site-index", 0)), num_sites=1,
-                       state_dir=str(node.get("state-dir", ".fedecho-site")), data=data)
+                       state_dir=_run_state_dir(str(node.get("state-dir", ".fedecho-site")), cfg), data=data)
+
+
+def _run_state_dir(root: str, cfg):
+    """A site keeps one state folder per run (named after the coordinator's run directory): a new
+    run starts fresh, a resumed run (same run directory) finds its optimiser, heads and accountant."""
+    import hashlib
+    import re
+    from pathlib import Path
+
+    run_dir = str(cfg.federation.run_dir)
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(run_dir).name)[:60] or "run"
+    return Path(root) / f"{name}-{hashlib.sha256(run_dir.encode()).hexdigest()[:8]}"
 
 
 def _unpack(message: Message):

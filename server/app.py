@@ -19,6 +19,10 @@ def build_app(run_config: dict | None = None) -> ServerApp:
         from fedecho.federation.coordinator import Coordinator
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        # Flower logs through its own handler (not twice); httpx would log every request to the
+        # SuperLink (deployment: several per second).
+        logging.getLogger("flwr").propagate = False
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         cfg, resume = run_config_from_flower({**(run_config or {}), **dict(context.run_config)})
         coordinator = Coordinator(cfg, grid, resume=resume)
         coordinator.run()

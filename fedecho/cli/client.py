@@ -1,0 +1,122 @@
+"""``fedecho-client``: a site operator's commands.
+
+  check   the data preflight: what was found, what is unreadable, label counts (nothing is sent)
+  start   join the federation: preflight, then the SuperNode with the site's bundle (foreground)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["build_parser", "main"]
+
+_FORMATS = ("camus", "echonet-dynamic", "echonet-lvh", "tmed2", "dicom")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedecho-client", description=__doc__.splitlines()[0],
+                                     epilog="\n".join(__doc__.splitlines()[2:]),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    check = sub.add_parser("check", help="check a site's data before joining",
+                           description="Exit status: 0 all items readable, 1 some problems (usable data "
+                                       "remains), 2 no usable data.")
+    check.add_argument("--data", required=True, help="the site's data folder")
+    check.add_argument("--format", required=True, choices=_FORMATS)
+    check.add_argument("--json", action="store_true", help="print one JSON object")
+    check.add_argument("--shallow", action="store_true", help="headers and manifests only; do not decode pixels")
+
+    start = sub.add_parser("start", help="join the federation (runs until Ctrl-C)")
+    start.add_argument("--bundle", required=True, help="the site bundle folder from the coordinator")
+    start.add_argument("--superlink", default=None, help="SuperLink HOST:PORT (default: the bundle's site.toml)")
+    start.add_argument("--data", default=None, help="the site's data folder (default: site.toml data-root)")
+    start.add_argument("--format", default=None, choices=_FORMATS, help="data format (default: site.toml)")
+    start.add_argument("--state-dir", default=None,
+                       help="where the site keeps its private state (default: site.toml state-dir, else "
+                            "<bundle>/state)")
+    start.add_argument("--port", type=int, default=None,
+                       help="local port of this SuperNode's ClientApp API (default 9094; each SuperNode on "
+                            "one machine needs its own)")
+    start.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                       help="auto: the GPU when there is one")
+    start.add_argument("--max-retries", type=int, default=None,
+                       help="give up after this many failed connection attempts (default: retry forever)")
+    return parser
+
+
+def _check(args: argparse.Namespace) -> int:
+    from fedecho.data.check import check_data
+
+    report = check_data(args.format, args.data, deep=not args.shallow)
+    print(report.to_json() if args.json else report.format_text())
+    if not report.usable:
+        return 2
+    return 1 if report.errors else 0
+
+
+def _device(requested: str) -> tuple[str, str]:
+    """(device for the ClientApp, a sentence for the log)."""
+    import torch
+
+    if torch.cuda.is_available() and requested in ("auto", "cuda"):
+        return "cuda", f"training on GPU cuda:0 ({torch.cuda.get_device_name(0)})"
+    if requested == "cuda":
+        raise ValueError("--device cuda but no CUDA GPU is available here; use --device auto or cpu")
+    why = "as requested" if requested == "cpu" else "no CUDA GPU found"
+    return "cpu", f"training on CPU ({why})"
+
+
+def _start(args: argparse.Namespace) -> int:
+    from fedecho.data.check import check_data
+    from fedecho.deploy.federation import load_bundle
+    from fedecho.deploy.process import ManagedProcess, flower_env, run_foreground
+    from fedecho.deploy.supernode import DEFAULT_CLIENTAPPIO_PORT, supernode_command
+
+    bundle = load_bundle(args.bundle)
+    settings = bundle.settings
+    superlink = args.superlink or bundle.superlink
+    data = args.data or settings.get("data-root")
+    fmt = args.format or settings.get("data-format")
+    missing = [flag for flag, value in (("--superlink", superlink), ("--data", data), ("--format", fmt)) if not value]
+    if missing:
+        raise ValueError(f"give {', '.join(missing)} (or set them in {bundle.root / 'site.toml'})")
+    if fmt not in _FORMATS:
+        raise ValueError(f"data format {fmt!r} is unknown; valid: {', '.join(_FORMATS)}")
+    state_dir = Path(args.state_dir or settings.get("state-dir") or bundle.root / "state").resolve()
+
+    report = check_data(fmt, data, deep=False)
+    if not report.usable:
+        print(report.format_text(), file=sys.stderr)
+        print(f"fedecho-client start: refusing to join: no usable {fmt} data at {data} "
+              f"(see the problems above; `fedecho-client check --data {data} --format {fmt}` for details)",
+              file=sys.stderr)
+        return 2
+    device, sentence = _device(args.device)
+    print(f"site {bundle.site} (index {bundle.site_index}): {report.patients} patients, {report.readable_items} "
+          f"items in {data} ({len(report.errors)} problems); {sentence}", flush=True)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    command = supernode_command(bundle, superlink=superlink, data_root=data, data_format=fmt, state_dir=state_dir,
+                                port=args.port or DEFAULT_CLIENTAPPIO_PORT, device=device,
+                                max_retries=args.max_retries)
+    print(f"joining {superlink} as site {bundle.site}; site state in {state_dir}; Ctrl-C leaves", flush=True)
+    process = ManagedProcess(f"flower-supernode ({bundle.site})", command, env=flower_env())
+    return run_foreground(process)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"check": _check, "start": _start}
+    try:
+        return int(handlers[args.command](args) or 0)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"fedecho-client {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""The coordinator's SuperLink: its command line (TLS, SuperNode authentication, persistent state,
+no run-time dependency installation), the Flower CLI connection to it, and registering the sites'
+public keys (``flwr supernode register``)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from fedecho.deploy.federation import Federation
+from fedecho.deploy.process import executable, flower_env
+
+__all__ = ["CONNECTION", "register_sites", "superlink_command", "write_connection"]
+
+#: The name of the SuperLink connection in ``<federation>/flwr_home/config.toml``.
+CONNECTION = "fedecho"
+
+
+def superlink_command(federation: Federation, *, host: str = "0.0.0.0", port: int | None = None,
+                      log_file: str | Path | None = None) -> list[str]:
+    """``flower-superlink`` for ``federation``: HTTPS with the federation's certificate, only
+    registered SuperNodes admitted, state kept in ``state/superlink.db`` across restarts, and no
+    ``uv sync`` of app dependencies (the coordinator is offline; it could replace torch)."""
+    tls = federation.tls
+    missing = [str(p) for p in (tls.ca_cert, tls.cert, tls.key) if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"SuperLink TLS files missing: {', '.join(missing)}; run `fedecho-server init`")
+    federation.database.parent.mkdir(parents=True, exist_ok=True)
+    command = [
+        executable("flower-superlink"),
+        "--ssl-ca-certfile", str(tls.ca_cert),
+        "--ssl-certfile", str(tls.cert),
+        "--ssl-keyfile", str(tls.key),
+        "--enable-supernode-auth",
+        "--database", str(federation.database),
+        "--disable-runtime-dependency-installation",
+        "--host", host,
+        "--port", str(port or federation.port),
+    ]
+    if log_file is not None:
+        command += ["--log-file", str(log_file)]
+    return command
+
+
+def write_connection(federation: Federation, address: str, name: str = CONNECTION) -> Path:
+    """Point the Flower CLI (``FLWR_HOME=<federation>/flwr_home``) at the SuperLink: its address
+    and the CA that signed its certificate. Returns the config file."""
+    ca = federation.tls.ca_cert.resolve()
+    text = (f"[superlink]\ndefault = {json.dumps(name)}\n\n[superlink.{name}]\n"
+            f"address = {json.dumps(address)}\nroot-certificates = {json.dumps(str(ca))}\n")
+    path = federation.flwr_home / "config.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def register_sites(federation: Federation, name: str = CONNECTION, timeout: float = 60.0) -> dict[str, str]:
+    """Register every site's public key with the running SuperLink (idempotent: a key the
+    SuperLink already knows is fine). Returns ``{site: "registered" | "already registered"}``."""
+    status: dict[str, str] = {}
+    env = flower_env(federation.flwr_home)
+    for site in federation.sites:
+        key = federation.public_key(site)
+        if not key.is_file():
+            raise FileNotFoundError(f"public key of site {site} not found at {key}")
+        result = subprocess.run([executable("flwr"), "supernode", "register", str(key), name, "--format", "json"],
+                                env=env, capture_output=True, text=True, timeout=timeout, check=False)
+        try:
+            reply = json.loads(result.stdout[result.stdout.find("{"):])
+        except ValueError:
+            reply = {"success": False, "error-message": (result.stdout + result.stderr).strip()}
+        if reply.get("success"):
+            status[site] = "registered"
+        elif "already in use" in str(reply.get("error-message", "")):
+            status[site] = "already registered"
+        else:
+            raise RuntimeError(f"registering site {site} ({key}) failed: {reply.get('error-message')}")
+    return status

@@ -1,0 +1,164 @@
+"""Command lines and configuration of a deployment, checked against Flower's own parsers: the
+SuperLink and SuperNode commands, the node config the ClientApp reads, the CLI connection, the
+run config a submission sends (and what the coordinator composes from it), the CLIs' arguments."""
+
+from __future__ import annotations
+
+import shlex
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from fedecho.cli import client as client_cli
+from fedecho.cli import server as server_cli
+from fedecho.deploy.federation import init_federation, load_bundle
+from fedecho.deploy.submit import _toml, deployment_overrides, project_dir
+from fedecho.deploy.superlink import superlink_command, write_connection
+from fedecho.deploy.supernode import node_config, supernode_command
+
+
+@pytest.fixture
+def fed(tmp_path):
+    return init_federation(tmp_path / "fed", ["A", "B"], port=9200)
+
+
+def _flag(command: list[str], name: str) -> str:
+    return command[command.index(name) + 1]
+
+
+def test_superlink_command_is_secure_persistent_and_offline(fed):
+    command = superlink_command(fed, host="0.0.0.0", port=9300)
+    assert Path(command[0]).name == "flower-superlink"
+    assert _flag(command, "--ssl-ca-certfile") == str(fed.root / "superlink" / "ca.pem")
+    assert _flag(command, "--ssl-certfile") == str(fed.root / "superlink" / "server.pem")
+    assert _flag(command, "--ssl-keyfile") == str(fed.root / "superlink" / "server.key")
+    assert _flag(command, "--database") == str(fed.root / "state" / "superlink.db")
+    assert (_flag(command, "--host"), _flag(command, "--port")) == ("0.0.0.0", "9300")
+    assert "--enable-supernode-auth" in command and "--disable-runtime-dependency-installation" in command
+    assert "--insecure" not in command
+    assert _flag(superlink_command(fed), "--port") == "9200"  # the federation's own port by default
+    (fed.root / "superlink" / "server.key").unlink()
+    with pytest.raises(FileNotFoundError, match="server.key"):
+        superlink_command(fed)
+
+
+def test_supernode_command_and_node_config_as_flower_parses_them(fed, tmp_path):
+    from flwr.common.config import parse_config_args
+
+    bundle = load_bundle(fed.bundle("B"))
+    data = tmp_path / "my data"  # a space in the path survives
+    command = supernode_command(bundle, superlink="coord.example:9200", data_root=data, data_format="camus",
+                                state_dir=tmp_path / "state", port=9500, device="cuda", max_retries=3)
+    assert Path(command[0]).name == "flower-supernode"
+    assert _flag(command, "--root-certificates") == str(fed.bundle("B") / "ca.pem")
+    assert Path(_flag(command, "--root-certificates")).is_absolute()
+    assert _flag(command, "--auth-supernode-private-key") == str(fed.bundle("B") / "supernode.key")
+    assert (_flag(command, "--superlink"), _flag(command, "--port"), _flag(command, "--max-retries")) == (
+        "coord.example:9200", "9500", "3")
+    assert "--insecure" not in command
+    parsed = parse_config_args([_flag(command, "--node-config")])
+    assert parsed == {"site": "B", "site-index": 1, "data-format": "camus", "data-root": str(data),
+                      "state-dir": str(tmp_path / "state"), "device": "cuda"}
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        supernode_command(bundle, superlink="coord.example", data_root=data, data_format="camus", state_dir=data)
+    with pytest.raises(ValueError, match="quotes"):
+        node_config(bundle, data_root='/data/"x"', data_format="camus", state_dir=data)
+
+
+def test_connection_is_what_the_flower_cli_reads(fed):
+    from flwr.cli.flower_config import parse_superlink_connection
+
+    path = write_connection(fed, "127.0.0.1:9200")
+    values = tomllib.loads(path.read_text())
+    assert values["superlink"]["default"] == "fedecho"
+    connection = parse_superlink_connection(values["superlink"]["fedecho"], "fedecho")
+    assert connection.address == "127.0.0.1:9200"
+    assert connection.root_certificates == str(fed.root / "superlink" / "ca.pem")
+    assert connection.insecure is False
+
+
+def test_submitted_run_config_composes_the_deployment_run(fed, tmp_path):
+    from fedecho.config.compose import run_config_from_flower
+
+    run_dir = tmp_path / "runs" / "r1"
+    user = ["federation.adapt.rounds=2", "model.overrides={layers:[1,1,1,1]}", "train.lr=0.01"]
+    overrides = deployment_overrides(fed, user, run_dir)
+    assert overrides[:2] == ["federation.num_sites=2", "federation.central_eval=false"]
+    assert overrides[-1] == f"federation.run_dir={run_dir}"
+    values = tomllib.loads(_toml("federated", overrides, True))
+    assert values["resume"] is True and shlex.split(values["overrides"]) == overrides
+    cfg, resume = run_config_from_flower(values)
+    assert resume is True
+    assert cfg.federation.num_sites == 2 and cfg.federation.central_eval is False
+    assert cfg.federation.adapt.rounds == 2 and cfg.train.lr == 0.01
+    assert Path(cfg.federation.run_dir) == run_dir and Path(cfg.federation.run_dir).is_absolute()
+    # the user's choice wins over the deployment default
+    cfg, _ = run_config_from_flower(tomllib.loads(_toml("federated", deployment_overrides(
+        fed, ["federation.central_eval=true"], run_dir), False)))
+    assert cfg.federation.central_eval is True
+    with pytest.raises(ValueError, match="--run-dir"):
+        deployment_overrides(fed, ["federation.run_dir=elsewhere"], run_dir)
+
+
+def test_project_dir_is_the_flower_app():
+    root = project_dir()
+    assert (root / "server" / "app.py").is_file() and (root / "client" / "app.py").is_file()
+    assert "[tool.flwr.app]" in (root / "pyproject.toml").read_text()
+
+
+def test_server_cli_parses_overrides_around_options():
+    parser = server_cli.build_parser()
+    args, extra = parser.parse_known_args(["run", "federated", "--dir", "F", "a.b=1", "c=[1,2]", "--run-dir", "R"])
+    assert (args.experiment, args.dir, args.run_dir, [*args.overrides, *extra]) == ("federated", "F", "R",
+                                                                                     ["a.b=1", "c=[1,2]"])
+    with pytest.raises(SystemExit):
+        server_cli.main(["start", "--dir", "F", "stray=1"])
+    with pytest.raises(SystemExit):
+        server_cli.main(["run", "federated", "--no-such-flag"])
+
+
+def test_server_cli_init_and_errors(tmp_path, capsys):
+    assert server_cli.main(["init", "--sites", "A,B", "--out", str(tmp_path / "fed"), "--host", "10.1.2.3"]) == 0
+    out = capsys.readouterr().out
+    assert "bundles/A" in out and "10.1.2.3" in out
+    assert server_cli.main(["init", "--sites", "A", "--out", str(tmp_path / "fed")]) == 2
+    assert "already holds a federation" in capsys.readouterr().err
+    # run before start: no connection yet
+    assert server_cli.main(["run", "federated", "--dir", str(tmp_path / "fed")]) == 2
+    assert "fedecho-server start" in capsys.readouterr().err
+    assert server_cli.main(["resume", str(tmp_path / "nothing")]) == 2
+    assert "submission.json" in capsys.readouterr().err
+    # a connection, but no SuperLink behind it: a clear error, and the run directory stays usable
+    from fedecho.deploy.federation import Federation
+    from fedecho.deploy.process import free_port
+
+    write_connection(Federation.load(tmp_path / "fed"), f"127.0.0.1:{free_port()}")
+    run_dir = tmp_path / "run"
+    assert server_cli.main(["run", "federated", "--dir", str(tmp_path / "fed"), "--run-dir", str(run_dir)]) == 2
+    assert "did not accept the run" in capsys.readouterr().err
+    assert not (run_dir / "submission.json").exists()
+
+
+def test_client_start_refuses_without_usable_data(fed, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    status = client_cli.main(["start", "--bundle", str(fed.bundle("A")), "--superlink", "127.0.0.1:1",
+                              "--data", str(empty), "--format", "camus"])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert "refusing to join: no usable camus data" in err
+    assert not (fed.bundle("A") / "state").exists()  # nothing was started
+    # missing settings are named
+    assert client_cli.main(["start", "--bundle", str(fed.bundle("A")), "--data", str(empty)]) == 2
+    assert "--format" in capsys.readouterr().err
+
+
+def test_client_check_exit_codes(tmp_path, capsys):
+    from fedecho.data.synthetic import synthesize
+
+    synthesize("camus", tmp_path / "camus", patients=3, seed=0, image_size=32)
+    assert client_cli.main(["check", "--data", str(tmp_path / "camus"), "--format", "camus", "--shallow"]) == 0
+    assert "patients 3" in capsys.readouterr().out
+    (tmp_path / "none").mkdir()
+    assert client_cli.main(["check", "--data", str(tmp_path / "none"), "--format", "camus"]) == 2
