@@ -20,6 +20,7 @@ COMMAND_MODULES = {
     "demo": "fedecho.cli.demo",
     "simulate": "fedecho.cli.simulate",
     "report": "fedecho.cli.report",
+    "bench": "fedecho.cli.bench",
 }
 
 

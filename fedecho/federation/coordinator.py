@@ -113,7 +113,8 @@ class Coordinator:
         phase_config = phase.config(self.cfg.train.seed)
         guarded = GuardedStrategy(strategy, phase_name=phase.name, phase_config=phase_config,
                                   declaration=declaration, min_sites=self.cfg.federation.strategy.min_sites,
-                                  max_update_norm=self.cfg.federation.strategy.max_update_norm, round_offset=done)
+                                  max_update_norm=self.cfg.federation.strategy.max_update_norm, round_offset=done,
+                                  connect_timeout=self.cfg.federation.strategy.round_timeout)
         if encoder is not None:
             self._hand_out_encoder(phase, encoder)
 
@@ -164,7 +165,8 @@ class Coordinator:
         strategy = build_strategy(self.cfg.federation.strategy, num_sites=self.cfg.federation.num_sites)
         guarded = GuardedStrategy(strategy, phase_name=phase.name,
                                   phase_config={**phase.config(self.cfg.train.seed), "split": "test"},
-                                  declaration=declare(arrays), min_sites=self.cfg.federation.strategy.min_sites)
+                                  declaration=declare(arrays), min_sites=self.cfg.federation.strategy.min_sites,
+                                  connect_timeout=self.cfg.federation.strategy.round_timeout)
         guarded.current = RoundRecord(phase=phase.name, round=1)
         guarded._started = time.perf_counter()
         record = to_arrayrecord(arrays)

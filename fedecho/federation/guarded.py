@@ -18,7 +18,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedecho.federation.arrays import numpy_dict
+from fedecho.federation.arrays import numpy_dict, view_record
 from fedecho.federation.contract import ARRAYS, METRICS, Declaration
 from fedecho.federation.history import RoundRecord
 from fedecho.federation.validation import check_update
@@ -70,6 +70,7 @@ class GuardedStrategy(Strategy):
         min_sites: int,
         max_update_norm: float | None = None,
         round_offset: int = 0,
+        connect_timeout: float | None = None,
     ) -> None:
         self.strategy = strategy
         self.phase_name = phase_name
@@ -78,9 +79,26 @@ class GuardedStrategy(Strategy):
         self.min_sites = min_sites
         self.max_update_norm = max_update_norm
         self.round_offset = round_offset
+        self.connect_timeout = connect_timeout
+        """Seconds to wait for enough connected sites before a round; None waits as Flower does (forever)."""
         self.current: RoundRecord | None = None
         self._reference: dict[str, np.ndarray] = {}
         self._started = 0.0
+
+    def _await_sites(self, grid: Grid) -> None:
+        """Flower's node sampling waits forever for ``min_available_nodes``: bound the wait, then fail
+        the round with a message that says how many sites are connected."""
+        if self.connect_timeout is None:
+            return
+        needed = max(self.min_sites, int(getattr(self.strategy, "min_available_nodes", 0) or 0))
+        deadline = time.monotonic() + self.connect_timeout
+        while (connected := len(list(grid.get_node_ids()))) < needed:
+            if time.monotonic() >= deadline:
+                raise RoundFailedError(
+                    f"phase {self.phase_name}: {connected} site(s) connected after waiting "
+                    f"{self.connect_timeout:.0f} s, but the round needs {needed} (min-sites "
+                    f"{self.min_sites}); start the missing sites or lower federation.strategy.min_sites")
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
     def absolute(self, server_round: int) -> int:
         return server_round + self.round_offset
@@ -99,6 +117,7 @@ class GuardedStrategy(Strategy):
         self.current = RoundRecord(phase=self.phase_name, round=absolute)
         self._reference = numpy_dict(arrays)
         config = ConfigRecord({**dict(config), **self.phase_config})
+        self._await_sites(grid)
         messages = list(self.strategy.configure_train(absolute, arrays, config, grid))
         self.current.bytes_sent += sum(m.content.array_records[ARRAYS].count_bytes() for m in messages
                                        if ARRAYS in m.content.array_records)
@@ -137,6 +156,8 @@ class GuardedStrategy(Strategy):
                             record.rejected[site])
                 continue
             record.sites_train[site] = _scalars(metrics)
+            # the strategy reads every array of every update: zero-copy views, not np.load copies
+            message.content[ARRAYS] = view_record(arrays)
             valid.append(message)
         if len(valid) < self.min_sites:
             listed = list(record.rejected.items())
@@ -156,6 +177,7 @@ class GuardedStrategy(Strategy):
                            grid: Grid) -> Iterable[Message]:
         absolute = self.absolute(server_round)
         config = ConfigRecord({**dict(config), **self.phase_config})
+        self._await_sites(grid)
         messages = list(self.strategy.configure_evaluate(absolute, arrays, config, grid))
         if self.current is not None:
             self.current.bytes_sent += sum(m.content.array_records[ARRAYS].count_bytes() for m in messages

@@ -189,3 +189,19 @@ def test_server_side_dp_wrapper_clips_and_noises_site_updates():
 def test_check_update_lists_every_problem():
     problems = check_update({"w": np.zeros((3,), np.float32), "x": np.zeros(1)}, declare(GLOBAL))
     assert problems == ["unexpected tensor 'x'", "missing tensor 'b'", "'w' has shape (3,), declared (2, 2)"]
+
+
+def test_too_few_connected_sites_fail_the_round_instead_of_waiting_forever():
+    """Flower's node sampling loops until min_available_nodes sites are online; the guard bounds the
+    wait by the round timeout and names how many sites were there."""
+    from fedecho.federation.guarded import RoundFailedError
+
+    strategy = build_strategy(StrategyConfig(name="fedavg", min_sites=2), num_sites=3)
+    guarded = GuardedStrategy(strategy, phase_name="adapt:view", phase_config={"phase": "adapt"},
+                              declaration=declare(GLOBAL), min_sites=2, connect_timeout=0.3)
+    record = ArrayRecord({k: _t(v) for k, v in GLOBAL.items()})
+    start = time.monotonic()
+    with pytest.raises(RoundFailedError, match=r"1 site\(s\) connected after waiting 0 s, but the round needs 2"):
+        guarded.configure_train(1, record, ConfigRecord({}), FixedGrid([7]))
+    assert 0.25 < time.monotonic() - start < 5
+    assert len(guarded.configure_train(1, record, ConfigRecord({}), FixedGrid([7, 8]))) == 2
