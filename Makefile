@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(VENV)/bin/fedecho demo --out demo_out
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist worksteal tests
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache
