@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedecho.experiments.spec import Experiment
+from fedecho.experiments.spec import Experiment, Target
 
 __all__ = ["ArmResult", "collect_arm", "experiment_rows", "summary_table", "write_results"]
 
@@ -169,7 +169,7 @@ def write_results(exp: Experiment, size: str, out: Path, results: dict[str, ArmR
     return payload
 
 
-def _fraction_section(exp: Experiment, target: Any, out: Path, results: dict[str, ArmResult]) -> list[str]:
+def _fraction_section(exp: Experiment, target: Target, out: Path, results: dict[str, ArmResult]) -> list[str]:
     from fedecho.report.figure import save_figure
     from fedecho.report.fractions import fraction_table, plot_label_fraction_curves
 
