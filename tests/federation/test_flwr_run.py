@@ -8,26 +8,37 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 
+from fedecho.deploy.process import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-def _stop_superlinks_started_after(start: float) -> None:
-    """`flwr run` leaves its local SuperLink running: stop the ones this test started."""
-    for proc in psutil.process_iter(["cmdline", "create_time"]):
+def _stop_superlinks_of(home: Path) -> None:
+    """`flwr run` leaves its local SuperLink running: stop the one it started for this test.
+
+    The SuperLink inherits the environment of the `flwr` process, so the test's own FLWR_HOME
+    identifies it; SuperLinks of other tests (another xdist worker's included) are left alone.
+    """
+    for proc in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
-        if "flower-superlink" in cmdline and proc.info["create_time"] >= start - 1:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except psutil.TimeoutExpired:
-                proc.kill()
+        if "flower-superlink" not in cmdline:
+            continue
+        try:
+            if proc.environ().get("FLWR_HOME") != str(home):
+                continue
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except psutil.TimeoutExpired:
+            proc.kill()
 
 
 def test_flwr_run_simulation_with_project_config(tmp_path):
@@ -44,13 +55,15 @@ def test_flwr_run_simulation_with_project_config(tmp_path):
                  f"federation.strategy.min_sites=1 federation.adapt.rounds=1 federation.run_dir={run_dir}")
     env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    start = time.time()
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           # ports of this test's own local SuperLink: never reuse one another test or user started
+           "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+           "FLWR_LOCAL_CONTROL_API_PORT": str(free_port())}
     try:
         result = subprocess.run([str(flwr), "run", ".", "local", "--run-config", f"overrides='{overrides}'", "--stream"],
                                 cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     finally:
-        _stop_superlinks_started_after(start)
+        _stop_superlinks_of(home)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     history = json.loads((run_dir / "history.json").read_text())
     phases = [r["phase"] for r in history]
