@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--format", required=True, choices=_FORMATS)
     check.add_argument("--json", action="store_true", help="print one JSON object")
     check.add_argument("--shallow", action="store_true", help="headers and manifests only; do not decode pixels")
+    check.add_argument("--id-fallback", action="store_true",
+                       help="DICOM without PatientID/StudyInstanceUID/SOPInstanceUID: derive them as documented")
 
     start = sub.add_parser("start", help="join the federation (runs until Ctrl-C)")
     start.add_argument("--bundle", required=True, help="the site bundle folder from the coordinator")
@@ -50,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _check(args: argparse.Namespace) -> int:
     from fedecho.data.check import check_data
 
-    report = check_data(args.format, args.data, deep=not args.shallow)
+    report = check_data(args.format, args.data, deep=not args.shallow, id_fallback=args.id_fallback)
     print(report.to_json() if args.json else report.format_text())
     if not report.usable:
         return 2

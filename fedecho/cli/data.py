@@ -32,6 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     check.add_argument("--format", required=True, choices=DATA_FORMATS)
     check.add_argument("--json", action="store_true", help="print one JSON object")
     check.add_argument("--shallow", action="store_true", help="headers and manifests only; do not decode pixels")
+    check.add_argument("--id-fallback", action="store_true",
+                       help="DICOM without PatientID/StudyInstanceUID/SOPInstanceUID: derive them as documented")
     check.set_defaults(func=_check)
 
 
@@ -53,7 +55,7 @@ def _synth(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from fedecho.data.check import check_data
 
-    report = check_data(args.format, args.path, deep=not args.shallow)
+    report = check_data(args.format, args.path, deep=not args.shallow, id_fallback=args.id_fallback)
     print(report.to_json() if args.json else report.format_text(), file=sys.stdout)
     if not report.usable:
         return 2

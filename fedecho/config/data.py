@@ -63,6 +63,9 @@ class DataConfig:
     """Data folder; None with format=synthetic generates the embedded demo data."""
     on_error: str = "skip"
     """raise: stop at bad input; skip: leave bad items out, counted and logged."""
+    id_fallback: bool = False
+    """DICOM: derive a missing PatientID (from StudyInstanceUID), StudyInstanceUID (folder) or
+    SOPInstanceUID (file path) instead of refusing the file; the data check counts them."""
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     """train/val/test fractions for patients the source gives no split."""
     split_seed: int = 0
