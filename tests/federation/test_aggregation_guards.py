@@ -216,3 +216,37 @@ def test_a_malformed_array_below_min_sites_fails_the_round_with_its_reason():
     truncated = {"w": _raw(_npy(np.zeros((2, 2), np.float32))[:-8]), "b": np.zeros(3, np.float32)}
     with pytest.raises(RoundFailedError, match=r"1 valid updates from 2 replies.*node_2: malformed array 'w'"):
         run_round([THREE[0], truncated], [1, 1], cfg=StrategyConfig(name="fedavg", min_sites=2), min_sites=2)
+
+
+# --- item 5: site-level DP with uniform weights --------------------------------------------------------
+SITE_DP = PrivacyConfig(mode="site", noise_multiplier=0.0, max_grad_norm=100.0)
+
+
+def test_site_level_dp_weights_sites_uniformly_whatever_they_report():
+    # even with an examples policy in the guard, site-level DP aggregates 1/3 each
+    arrays, record = run_round(THREE, [1, 1, 1000], privacy=SITE_DP, policy=WeightPolicy("examples", None))
+    assert np.allclose(arrays["w"], (1 + 3 + 8) / 3) and np.allclose(arrays["b"], (2 - 1 + 0.5) / 3)
+    assert record.train["site-dp-noise-std"] == 0.0 and record.train["site-dp-clipped"] == 0
+
+
+def test_site_level_dp_takes_an_unchanged_update_without_dividing_by_zero():
+    arrays, _ = run_round([GLOBAL, site(3.0)], [1, 1], privacy=SITE_DP)
+    assert np.allclose(arrays["w"], 1.5) and np.allclose(arrays["b"], 0.0)
+    # clipping: ‖site(30)‖ = 60 > C = 6 -> scaled to 3 per entry; the unchanged update stays 0
+    arrays, record = run_round([GLOBAL, site(30.0)], [1, 1],
+                               privacy=PrivacyConfig(mode="site", noise_multiplier=0.0, max_grad_norm=6.0))
+    assert np.allclose(arrays["w"], 1.5) and record.train["site-dp-clipped"] == 1
+
+
+def test_site_level_dp_noise_is_calibrated_to_clip_over_the_sites_aggregated():
+    from fedecho.federation.site_dp import SiteLevelDP
+
+    big = {"w": np.zeros(40_000, np.float32)}
+    dp = SiteLevelDP(build_strategy(StrategyConfig(min_sites=1), num_sites=4), noise_multiplier=2.0,
+                     clipping_norm=3.0, rng=np.random.default_rng(7))
+    dp.configure_train(1, record_of(big), ConfigRecord({}), FixedGrid([1, 2, 3, 4]))
+    replies = [reply(i, {"w": np.full(40_000, 1e-3, np.float32)}, n) for i, n in ((1, 1), (2, 50), (3, 10_000))]
+    arrays, metrics = dp.aggregate_train(1, replies)  # 3 updates (a 4th site was rejected upstream)
+    noise = numpy_dict(arrays)["w"] - 1e-3
+    assert metrics["site-dp-noise-std"] == pytest.approx(2.0 * 3.0 / 3)
+    assert noise.std() == pytest.approx(2.0, rel=0.03) and abs(noise.mean()) < 0.05
