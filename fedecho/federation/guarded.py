@@ -228,7 +228,9 @@ class GuardedStrategy(Strategy):
             record.clipped[parsed[node][0]] = reason
             log.warning("round %d (%s): %s: %s", absolute, self.phase_name, parsed[node][0], reason)
         valid: list[Message] = []
-        for node, (site, reply) in parsed.items():
+        # in node order: Flower samples (and replies arrive) in random order, and a float sum depends on
+        # its order; a fixed order makes the aggregate, and so a resumed run, reproducible bit for bit
+        for node, (site, reply) in sorted(parsed.items()):
             message = reply.message
             metrics = message.content.metric_records[METRICS]
             record.sites_train[site] = _scalars(metrics)

@@ -250,3 +250,120 @@ def test_site_level_dp_noise_is_calibrated_to_clip_over_the_sites_aggregated():
     noise = numpy_dict(arrays)["w"] - 1e-3
     assert metrics["site-dp-noise-std"] == pytest.approx(2.0 * 3.0 / 3)
     assert noise.std() == pytest.approx(2.0, rel=0.03) and abs(noise.mean()) < 0.05
+
+
+# --- item 9: strategy state as arrays + JSON, never pickle ---------------------------------------------
+class ScriptedGrid:
+    """Flower's Grid as the Coordinator uses it, with three sites that answer deterministically from
+    what they receive (a fixed pseudo-update per site and round); ``crash_at`` makes the coordinator
+    "die" when it sends that round's training instructions."""
+
+    def __init__(self, crash_at: int | None = None) -> None:
+        self.crash_at = crash_at
+
+    def get_node_ids(self):
+        return [1, 2, 3]
+
+    def send_and_receive(self, messages, timeout=None):
+        replies = []
+        for message in messages:
+            node, config = message.metadata.dst_node_id, message.content.config_records["config"]
+            metrics = {"num-examples": float(10 * node), "site-index": float(node - 1)}
+            if message.metadata.message_type == MessageType.TRAIN:
+                if config["server-round"] == self.crash_at:
+                    raise RuntimeError(f"coordinator killed before round {self.crash_at}")
+                step = np.sin(np.arange(7, dtype=np.float32) * node + config["server-round"])
+                # like a site's float32 model (FedAdam hands out float64 arrays)
+                arrays = {k: v.astype(np.float32) for k, v in numpy_dict(message.content.array_records["arrays"]).items()}
+                new = {"w": arrays["w"] + step[:4].reshape(2, 2), "b": arrays["b"] - step[4:]}
+                content = RecordDict({"arrays": record_of(new), "metrics": MetricRecord(metrics)})
+            else:
+                content = RecordDict({"metrics": MetricRecord({**metrics, "eval-loss": 1.0 / node})})
+            replies.append(Message(content, reply_to=message))
+        return replies
+
+
+def _coordinator(run_dir, grid, monkeypatch, strategy="fedadam", resume=False):
+    import torch
+
+    from fedecho.config.compose import compose_run_config
+    from fedecho.federation.coordinator import Coordinator
+
+    cfg = compose_run_config([f"federation.strategy.name={strategy}", "federation.adapt.rounds=4",
+                              "federation.tasks=[view]", "federation.central_eval=false",
+                              "federation.strategy.server_lr=0.3", f"federation.run_dir={run_dir}"],
+                             config_name="federated")
+    monkeypatch.setattr(Coordinator, "_initial",
+                        lambda self, phase: ({k: torch.from_numpy(v.copy()) for k, v in GLOBAL.items()}, None))
+    return Coordinator(cfg, grid, resume=resume)
+
+
+@pytest.mark.parametrize("strategy", ["fedadam", "fedavgm"])
+def test_a_resumed_run_continues_the_strategy_state_bit_for_bit(tmp_path, monkeypatch, strategy):
+    from fedecho.federation import coordinator as coordinator_module
+    from fedecho.federation.state import RunCheckpoint
+
+    _coordinator(tmp_path / "full", ScriptedGrid(), monkeypatch, strategy).run()
+    full = RunCheckpoint.load(tmp_path / "full").phase_arrays("adapt:view")
+
+    with pytest.raises(RuntimeError, match="killed before round 3"):
+        _coordinator(tmp_path / "resumed", ScriptedGrid(crash_at=3), monkeypatch, strategy).run()
+    checkpoint = RunCheckpoint.load(tmp_path / "resumed")
+    assert (checkpoint.phase, checkpoint.round) == ("adapt:view", 2)
+    files = sorted(p.name for p in checkpoint.directory.iterdir())
+    assert files == ["round_adapt_view_000002.npz", "state.json"]  # round 1's file was replaced
+    saved = checkpoint.strategy_state()
+    moments = ("m_t", "v_t") if strategy == "fedadam" else ("momentum_vector",)
+    assert all(saved[0][name] is not None for name in moments)
+    _coordinator(tmp_path / "resumed", ScriptedGrid(), monkeypatch, strategy, resume=True).run()
+    resumed = RunCheckpoint.load(tmp_path / "resumed").phase_arrays("adapt:view")
+    for key in full:
+        np.testing.assert_array_equal(full[key], resumed[key])
+
+    # what the test guards: the same resume without the saved moments ends elsewhere
+    with pytest.raises(RuntimeError):
+        _coordinator(tmp_path / "forgetful", ScriptedGrid(crash_at=3), monkeypatch, strategy).run()
+    monkeypatch.setattr(coordinator_module, "load_strategy_state", lambda strategy, state: None)
+    _coordinator(tmp_path / "forgetful", ScriptedGrid(), monkeypatch, strategy, resume=True).run()
+    forgetful = RunCheckpoint.load(tmp_path / "forgetful").phase_arrays("adapt:view")
+    assert not np.array_equal(full["w"], forgetful["w"])
+
+
+class _Payload:
+    """A pickle that, if ever loaded, creates a marker file (what a hostile strategy.pkl would do)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return Path.touch, (Path(self.marker),)
+
+
+def test_a_run_directory_with_a_pickle_is_refused_and_never_unpickled(tmp_path, monkeypatch):
+    import pickle
+
+    from fedecho.federation.state import RunCheckpoint
+
+    with pytest.raises(RuntimeError):
+        _coordinator(tmp_path / "run", ScriptedGrid(crash_at=2), monkeypatch).run()
+    marker = tmp_path / "code-ran"
+    legacy = tmp_path / "run" / "checkpoint" / "strategy.pkl"
+    legacy.write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(ValueError, match=r"holds strategy.pkl, written by an older FedEcho: it is never "
+                                         r"unpickled .* another\s+federation.run_dir"):
+        _coordinator(tmp_path / "run", ScriptedGrid(), monkeypatch, resume=True)
+    with pytest.raises(ValueError, match="never unpickled"):
+        RunCheckpoint.load(tmp_path / "run")
+    assert not marker.exists()
+    # the arrays file itself is read with allow_pickle=False: an object array inside is refused
+    legacy.unlink()
+    checkpoint = RunCheckpoint.load(tmp_path / "run")
+    path = checkpoint.directory / checkpoint.round_file
+    buffer = io.BytesIO()
+    np.savez(buffer, a0=np.array([_Payload(marker)], dtype=object))
+    path.write_bytes(buffer.getvalue())
+    with pytest.raises(ValueError, match=r"round_adapt_view_000001.npz is unreadable"):
+        checkpoint.strategy_state()
+    assert not marker.exists()
