@@ -11,9 +11,9 @@ and ``inf``/``NaN`` would turn the aggregate into NaN. So:
    calibrates its noise for a uniform mean (fedecho.federation.site_dp).
 3. Under ``examples``, a site's weight is clipped to ``max_weight_ratio`` × the round's median
    weight (:func:`bound_weights`). The median is used because a few liars cannot carry it: with
-   ``n`` sites, fewer than ``n / 2`` liars leave it within the range of the honest counts (the lower median is taken,
-   so with two sites the smaller one sets the bound), and a liar counts at most ``k`` times as
-   much as the median site. The limit: a lying *majority* sets the median itself, and a site that
+   ``n`` sites, fewer than ``n / 2`` liars leave it within the range of the honest counts (the
+   lower median is taken, so with two sites the smaller one sets the bound), and a liar counts at
+   most ``k`` times as much as the median site. The limit: a lying *majority* sets the median itself, and a site that
    truthfully holds more than ``k`` × the median's data is clipped too (raise the ratio, or use
    ``uniform``). Every clipped weight is logged per site with its reason.
 """
