@@ -12,13 +12,14 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -38,10 +39,26 @@ class RoundFailedError(RuntimeError):
 
 
 def site_name(message: Message) -> str:
+    """``site_<index>`` from the reply's site index (a whole number), else ``node_<Flower node id>``."""
     metrics = message.content.metric_records.get(METRICS) if message.has_content() else None
-    if metrics is not None and "site-index" in metrics:
-        return f"site_{int(metrics['site-index'])}"
+    index = metrics.get("site-index") if metrics is not None else None
+    if _is_scalar(index) and math.isfinite(index) and float(index).is_integer() and 0 <= index < 2**31:
+        return f"site_{int(index)}"
     return f"node_{message.metadata.src_node_id}"
+
+
+def _is_scalar(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _contract_records_only(message: Message) -> list[str]:
+    """Keep only the records a reply may carry (``arrays``, ``metrics``); the problems if it carried
+    another array or metric record (Flower's aggregation refuses the whole round for those)."""
+    content = message.content
+    extra = [k for k in (*content.array_records, *content.metric_records) if k not in (ARRAYS, METRICS)]
+    kept = {k: content[k] for k in (ARRAYS, METRICS) if k in content}
+    message.content = RecordDict(kept)
+    return [f"unexpected record {k!r} in reply" for k in extra]
 
 
 class RejectedReply(ValueError):
@@ -70,9 +87,9 @@ def parse_reply(message: Message, declaration: Declaration, *, reference: Mappin
     site's problem, never the round's), then the update against the phase's declaration (names,
     shapes, dtypes, NaN/Inf, the norm bound), then ``num-examples`` (a finite positive integer).
     """
+    problems = _contract_records_only(message)
     record = message.content.array_records.get(ARRAYS)
     metrics = message.content.metric_records.get(METRICS)
-    problems: list[str] = []
     arrays: dict[str, np.ndarray] = {}
     if record is None:
         problems.append("no arrays in reply")
@@ -97,12 +114,14 @@ def parse_reply(message: Message, declaration: Declaration, *, reference: Mappin
 
 
 def _common_metrics(messages: list[Message]) -> list[Message]:
-    """Keep only the metric keys every reply has (sites can report different task metrics, e.g.
-    a per-class AUROC for a class one site lacks); Flower aggregates identical key sets only."""
+    """Keep only the scalar metric keys every reply has (sites can report different task metrics,
+    e.g. a per-class AUROC for a class one site lacks); Flower aggregates identical key sets only,
+    and a list where another site sent a number would fail the round."""
     if not messages:
         return messages
     records = [m.content.metric_records[METRICS] for m in messages]
-    common = set(records[0]).intersection(*map(set, records[1:])) - {"site-index"}
+    common = {k for k in set(records[0]).intersection(*map(set, records[1:])) - {"site-index"}
+              if all(_is_scalar(r[k]) for r in records)}
     for message, record in zip(messages, records, strict=True):
         if set(record) != common:
             message.content.metric_records[METRICS] = MetricRecord({k: record[k] for k in record if k in common})
@@ -111,7 +130,7 @@ def _common_metrics(messages: list[Message]) -> list[Message]:
 
 def _number(value: object) -> float:
     """A metric value as a float (0 for a missing or non-numeric value)."""
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+    return float(value) if _is_scalar(value) else 0.0
 
 
 def _scalars(record: MetricRecord | None) -> dict[str, float]:
@@ -266,11 +285,14 @@ class GuardedStrategy(Strategy):
                 log.warning("round %d (%s): evaluation on %s failed: %s", absolute, self.phase_name, site,
                             message.error.reason)
                 continue
+            problems = _contract_records_only(message)
             metrics = message.content.metric_records.get(METRICS)
             reported = metrics.get(MetricKey.NUM_EXAMPLES, 0) if metrics is not None else 0
-            if reported == 0:
+            if reported == 0 and not problems:
                 continue  # nothing evaluated on this site (e.g. no labelled test patients)
             try:
+                if problems:
+                    raise ValueError("; ".join(problems))
                 counted[message.metadata.src_node_id] = site, message, parse_num_examples(reported)
             except ValueError as err:
                 log.warning("round %d (%s): evaluation from %s left out: %s", absolute, self.phase_name, site, err)

@@ -212,6 +212,25 @@ def test_object_and_negative_shape_headers_are_refused_before_any_read():
         parse_array("w", _raw(header.getvalue() + b"\0" * 16, shape=(-1,)))
 
 
+def test_extra_records_odd_metrics_and_a_bogus_site_index_break_only_their_reply():
+    """Flower's aggregation refuses a whole round for a second ArrayRecord or mismatched metric
+    types; a NaN site index used to crash naming the site."""
+    cfg = StrategyConfig(name="fedavg", min_sites=1)
+    guarded = guarded_for(cfg, 4)
+    guarded.configure_train(1, record_of(GLOBAL), ConfigRecord({}), FixedGrid([1, 2, 3, 4]))
+    extra = reply(2, site(50.0), 1)
+    extra.content["smuggled"] = record_of({"x": np.zeros(3, np.float32)})
+    replies = [reply(1, THREE[0], 1, **{"train-loss": 1.0}), extra,
+               reply(3, THREE[1], 3, **{"train-loss": [1.0, 2.0]}),  # a list where others send a number
+               reply(4, THREE[2], 2, **{"site-index": float("nan"), "train-loss": 4.0})]
+    arrays, metrics = guarded.aggregate_train(1, replies)
+    arrays = numpy_dict(arrays)
+    assert np.allclose(arrays["w"], (1 * 1 + 3 * 3 + 8 * 2) / 6)
+    assert guarded.current.rejected == {"node_2": "unexpected record 'smuggled' in reply"}
+    assert "train-loss" not in metrics  # not a number at every site: left out, not a crash
+    assert set(guarded.current.sites_train) == {"node_1", "node_3", "node_4"}
+
+
 def test_a_malformed_array_below_min_sites_fails_the_round_with_its_reason():
     truncated = {"w": _raw(_npy(np.zeros((2, 2), np.float32))[:-8]), "b": np.zeros(3, np.float32)}
     with pytest.raises(RoundFailedError, match=r"1 valid updates from 2 replies.*node_2: malformed array 'w'"):
