@@ -15,7 +15,9 @@ as one float64 vector per sample. :func:`augment_batch` then, on the device:
 
 The CPU path applies the same ops one after the other (two bilinear resamplings instead of one,
 and the crop edge replicated instead of sampled), so the two agree closely but not bit for bit;
-``tests/transforms/test_batched.py`` bounds the difference on a fixed batch.
+``tests/transforms/test_batched.py`` bounds the difference on a fixed batch (under one grey level
+on average). The device path does not antialias: from the decoded cache the canvas already is the
+training size, so crops are only ever enlarged; shrinking a larger canvas would alias.
 
 Supported presets: any :class:`~fedecho.transforms.compose.Compose` of, in this order, an optional
 :class:`PadToSquare`, :class:`RandomRotation`, one :class:`RandomResizedCrop` or :class:`Resize`,
