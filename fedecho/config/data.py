@@ -77,6 +77,12 @@ class DataConfig:
     synthetic_style: str = "mixed"
     """format=synthetic: a scanner style name, or mixed (one per patient, in the scanner label)."""
     synthetic_image_size: int | None = None
+    cache: bool = True
+    """Decode each item once into a uint8 store at the training size (fedecho.data.cache); later
+    epochs, rounds and runs read it. ``fedecho data cache-clear`` empties it."""
+    cache_dir: str | None = None
+    """Where the decoded cache lives; None: the site's state directory when deployed, else
+    $FEDECHO_CACHE/decoded (~/.cache/fedecho/decoded)."""
     partition: PartitionConfig = field(default_factory=PartitionConfig)
 
     def __post_init__(self) -> None:
