@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
+    params = [p for p in params if isinstance(p, dict) or p.requires_grad]  # dicts: param groups
     if not params:
         raise ValueError("nothing to train: every parameter is frozen (check the adapter / probe settings)")
     if cfg.optimizer == "adamw":
@@ -81,7 +81,8 @@ class Trainer:
         self.cfg = cfg
         self.device = torch.device(device)
         self.learner = learner.to(self.device)
-        self.optimizer = optimizer or build_optimizer(self.learner.parameters(), cfg)
+        groups = self.learner.optimizer_groups(cfg.lr, cfg.weight_decay) if optimizer is None else None
+        self.optimizer = optimizer or build_optimizer(groups or self.learner.parameters(), cfg)
         self.scheduler = build_scheduler(self.optimizer, max(1, total_steps), cfg.schedule, cfg.warmup_steps)
         self.writer = writer
         self.global_step = 0
@@ -141,6 +142,7 @@ class Trainer:
             loss.backward()
             if self.cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.learner.trainable_parameters(), self.cfg.grad_clip)
+            self.learner.before_optimizer_step(self.optimizer)
             self.optimizer.step()
             self.scheduler.step()
             self.learner.after_optimizer_step()
