@@ -201,7 +201,11 @@ class DINOv2(DINO):
     def _ibot(self, student_patches: Tensor, teacher_patches: Tensor, masks: Tensor, temp: float) -> Tensor:
         """``student_patches`` (B, V, P, D), ``teacher_patches`` (B * V, P, D), ``masks`` (B, V, P)."""
         flat_masks = masks.flatten(0, 1)
-        student = self._patch_head(teacher=False)(student_patches[masks])
+        head = self._patch_head(teacher=False)
+        if self.per_sample_loss:  # batch-first calls, so opacus can compute per-sample gradients
+            student = torch.stack([head(student_patches[:, v]) for v in range(masks.shape[1])], dim=1)[masks]
+        else:  # DINOv2: the head only on the masked patches
+            student = head(student_patches[masks])
         with torch.no_grad():
             teacher = self._patch_head(teacher=True)(teacher_patches[flat_masks])
             if teacher.shape[0] == 0:
