@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
+    params = [p for p in params if isinstance(p, dict) or p.requires_grad]  # dicts: param groups
     if not params:
         raise ValueError("nothing to train: every parameter is frozen (check the adapter / probe settings)")
     if cfg.optimizer == "adamw":
@@ -94,7 +94,8 @@ class Trainer:
         self.channels_last = use_channels_last(cfg, self.device)
         if self.channels_last:
             to_channels_last(self.learner)
-        self.optimizer = optimizer or build_optimizer(self.learner.parameters(), cfg)
+        groups = self.learner.optimizer_groups(cfg.lr, cfg.weight_decay) if optimizer is None else None
+        self.optimizer = optimizer or build_optimizer(groups or self.learner.parameters(), cfg)
         self.scheduler = build_scheduler(self.optimizer, max(1, total_steps), cfg.schedule, cfg.warmup_steps)
         self.writer = writer
         self.global_step = 0
@@ -155,6 +156,7 @@ class Trainer:
             loss.backward()
             if self.cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.learner.trainable_parameters(), self.cfg.grad_clip)
+            self.learner.before_optimizer_step(self.optimizer)
             self.optimizer.step()
             self.scheduler.step()
             self.learner.after_optimizer_step()
