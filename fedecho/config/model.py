@@ -33,6 +33,8 @@ BACKBONE_NAMES: tuple[str, ...] = (
     "r2plus1d-tiny",
     "vit-s16",
     "vit-tiny",
+    "unet",
+    "unet-tiny",
 )
 
 #: Normalisation layers a CNN backbone can use. "group" (or "instance" / "layer") normalises each
@@ -67,7 +69,8 @@ class BackboneConfig:
     Never a hub name: nothing is downloaded."""
     overrides: dict[str, Any] = field(default_factory=dict)
     """Size overrides: transformers config fields for Segformer / ViT (e.g. ``{"depths": [1, 1,
-    1, 1]}``), ``{"layers": [2, 2, 2, 2]}`` (blocks per stage) for the ResNets."""
+    1, 1]}``), ``{"layers": [2, 2, 2, 2]}`` (blocks per stage) for the ResNets, ``{"width": 32, "depth": 4}``
+    for the U-Net."""
     seed: int = 0
     """Seed of the random initialisation (the global torch generator is left untouched)."""
 

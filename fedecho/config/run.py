@@ -56,7 +56,7 @@ class RunConfig:
                 f"loss couples the samples of a batch. Use federation.privacy.mode=site (clipping and noise "
                 f"of site updates at the coordinator), or ssl.method=dino, or no pretraining phase"
             )
-        if privacy.mode == "sample" and self.model.norm == "batch" and self.model.name.startswith(("resnet", "r3d", "r2plus1d")):
+        if privacy.mode == "sample" and self.model.norm == "batch" and self.model.name.startswith(("resnet", "r3d", "r2plus1d", "unet")):
             raise ValueError(
                 "privacy.mode=sample (DP-SGD) with model.norm=batch: BatchNorm mixes samples; "
                 "set model.norm=group"
