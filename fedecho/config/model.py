@@ -16,6 +16,7 @@ __all__ = [
     "BACKBONE_NAMES",
     "NORM_KINDS",
     "WEIGHT_SUFFIXES",
+    "LORA_AGGREGATIONS",
     "BackboneConfig",
     "LoraConfig",
 ]
@@ -40,6 +41,9 @@ BACKBONE_NAMES: tuple[str, ...] = (
 #: Normalisation layers a CNN backbone can use. "group" (or "instance" / "layer") normalises each
 #: sample on its own, as DP-SGD needs; "batch" mixes the samples of a batch in training mode.
 NORM_KINDS: tuple[str, ...] = ("batch", "group", "instance", "layer")
+
+#: ``federation.lora_aggregation``: how sites federate a LoRA adapter (fedecho.adapters.lora).
+LORA_AGGREGATIONS: tuple[str, ...] = ("fedavg", "ffa", "fedsa")
 
 #: File suffixes :func:`fedecho.models.weights.read_state_dict` reads.
 WEIGHT_SUFFIXES: tuple[str, ...] = (".pt", ".pth", ".safetensors")
