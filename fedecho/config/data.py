@@ -27,6 +27,9 @@ class PartitionConfig:
     """Quantile bins for a numeric label/attribute (e.g. age bands)."""
     min_patients: int = 2
     seed: int = 0
+    only_site: int | None = None
+    """Local-only arm: a one-site run (federation.num_sites=1) trains and validates on site k's
+    patients of this partition into ``num_sites`` sites; the test split stays pooled."""
 
     def __post_init__(self) -> None:
         methods = ("iid", "dirichlet", "attribute", "quantity", "natural")
@@ -40,6 +43,9 @@ class PartitionConfig:
             raise ValueError("partition.method=attribute needs partition.key (e.g. partition.key=scanner)")
         if self.alpha <= 0:
             raise ValueError(f"partition.alpha must be > 0, got {self.alpha}")
+        if self.only_site is not None and (self.num_sites < 2 or not 0 <= self.only_site < self.num_sites):
+            raise ValueError(f"partition.only_site={self.only_site} must be a site index of a "
+                             f"partition into partition.num_sites >= 2 sites (got num_sites={self.num_sites})")
 
     def options(self) -> dict:
         """Keyword options for :func:`fedecho.data.partition.partition_patients`."""

@@ -13,7 +13,7 @@ from typing import Any
 
 from fedecho.config.data import DataConfig
 from fedecho.config.federation import FederationConfig
-from fedecho.config.model import BackboneConfig, LoraConfig
+from fedecho.config.model import LORA_AGGREGATIONS, BackboneConfig, LoraConfig
 from fedecho.config.ssl import SSLConfig
 from fedecho.config.task import TaskConfig
 from fedecho.config.train import TrainConfig
@@ -58,11 +58,17 @@ class RunConfig:
                 f"(clipping and noise of site updates at the coordinator), or {fix}ssl.method=dino, or no "
                 f"pretraining phase"
             )
-        if privacy.mode == "sample" and self.model.norm == "batch" and self.model.name.startswith(("resnet", "r3d", "r2plus1d")):
+        if privacy.mode == "sample" and self.model.norm == "batch" and self.model.name.startswith(("resnet", "r3d", "r2plus1d", "unet")):
             raise ValueError(
                 "privacy.mode=sample (DP-SGD) with model.norm=batch: BatchNorm mixes samples; "
                 "set model.norm=group"
             )
+        aggregation = self.federation.lora_aggregation
+        if aggregation not in LORA_AGGREGATIONS:
+            raise ValueError(f"federation.lora_aggregation={aggregation!r} is unknown; valid: {', '.join(LORA_AGGREGATIONS)}")
+        if aggregation != "fedavg" and self.encoder != "lora":
+            raise ValueError(f"federation.lora_aggregation={aggregation} needs encoder=lora; set encoder=lora "
+                             f"or federation.lora_aggregation=fedavg")
 
     def task_config(self, name: str) -> TaskConfig:
         """The task config for ``name``: ``task`` itself, or ``task``'s shared settings under another name."""

@@ -118,6 +118,9 @@ def load_site(
     records, issues, partition = _split_and_partition(reader, cfg, num_sites if simulated else 1)
     if simulated:
         records = partition.site_records(site, records)
+    elif cfg.partition.only_site is not None:  # local-only arm: one site's patients, pooled test split
+        members = set(_split_and_partition(reader, cfg, cfg.partition.num_sites)[2].sites[cfg.partition.only_site])
+        records = [r for r in records if r.split == "test" or r.patient_id in members]
     by_split = split_records(records)
     train = by_split["train"]
     if fraction_of_train and cfg.label_fraction < 1:
