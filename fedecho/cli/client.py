@@ -1,5 +1,6 @@
 """``fedecho-client``: a site operator's commands.
 
+  init    make the site's own key pair (site.key stays here; hand site.pub to the coordinator)
   check   the data preflight: what was found, what is unreadable, label counts (nothing is sent)
   start   join the federation: preflight, then the SuperNode with the site's bundle (foreground)
 """
@@ -20,6 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog="\n".join(__doc__.splitlines()[2:]),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+
+    init = sub.add_parser("init", help="make the site's key pair in a new site folder")
+    init.add_argument("--out", required=True, help="the site folder (site.key, mode 0600, and site.pub)")
+    init.add_argument("--name", required=True, help="the site's name, as the coordinator will register it")
 
     check = sub.add_parser("check", help="check a site's data before joining",
                            description="Exit status: 0 all items readable, 1 some problems (usable data "
@@ -47,6 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--max-retries", type=int, default=None,
                        help="give up after this many failed connection attempts (default: retry forever)")
     return parser
+
+
+def _init(args: argparse.Namespace) -> int:
+    from fedecho.deploy.sites import init_site
+
+    pair = init_site(args.out, args.name)
+    print(f"site {args.name}: private key {pair.private} (mode 0600; it never leaves this machine)\n"
+          f"send {pair.public} to the coordinator; it runs `fedecho-server add-site --name {args.name} --key "
+          f"site.pub` and sends back a bundle: copy its files into {pair.private.parent}")
+    return 0
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -78,10 +93,10 @@ def _start(args: argparse.Namespace) -> int:
     from fedecho.deploy.supernode import DEFAULT_CLIENTAPPIO_PORT, supernode_command
 
     bundle = load_bundle(args.bundle)
-    settings = bundle.settings
+    settings = bundle.data  # site.toml [data]
     superlink = args.superlink or bundle.superlink
-    data = args.data or settings.get("data-root")
-    fmt = args.format or settings.get("data-format")
+    data = args.data or settings.get("root")
+    fmt = args.format or settings.get("format")
     missing = [flag for flag, value in (("--superlink", superlink), ("--data", data), ("--format", fmt)) if not value]
     if missing:
         raise ValueError(f"give {', '.join(missing)} (or set them in {bundle.root / 'site.toml'})")
@@ -110,7 +125,7 @@ def _start(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"check": _check, "start": _start}
+    handlers = {"init": _init, "check": _check, "start": _start}
     try:
         return int(handlers[args.command](args) or 0)
     except (ValueError, FileNotFoundError) as err:
