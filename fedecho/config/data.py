@@ -68,6 +68,9 @@ class DataConfig:
     split_seed: int = 0
     label_fraction: float = 1.0
     """Fraction of labelled training patients used for fine-tuning (EchoCLR: 0.01 ... 1.0)."""
+    id_fallback: bool = False
+    """format=dicom: derive a missing PatientID / StudyID as fedecho.data.dicom documents, instead
+    of reporting the file as an issue."""
     synthetic_format: str = "camus"
     """format=synthetic: the on-disk layout the generator writes (and the reader then reads)."""
     synthetic_patients: int = 24
@@ -90,6 +93,8 @@ class DataConfig:
             raise ValueError(f"data.split_fractions must be 3 numbers summing to 1, got {self.split_fractions}")
         if self.format == "synthetic" and self.synthetic_format not in _FORMATS[:-1]:
             raise ValueError(f"data.synthetic_format must be one of {', '.join(_FORMATS[:-1])}")
+        if self.id_fallback and self.format != "dicom":
+            raise ValueError(f"data.id_fallback=true applies to data.format=dicom only (got {self.format})")
         if self.synthetic_patients < 1:
             raise ValueError("data.synthetic_patients must be >= 1")
         if not 0 < self.label_fraction <= 1:

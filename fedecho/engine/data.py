@@ -113,7 +113,7 @@ def load_site(
         fmt, root = cfg.synthetic_format, synthetic_root(cfg)
     else:
         fmt, root = cfg.format, Path(cfg.root)
-    reader = open_reader(fmt, root, on_error=cfg.on_error)
+    reader = open_reader(fmt, root, on_error=cfg.on_error, id_fallback=cfg.id_fallback)
     simulated = site is not None and num_sites > 1
     records, issues, partition = _split_and_partition(reader, cfg, num_sites if simulated else 1)
     if simulated:
@@ -136,8 +136,8 @@ def _split_and_partition(reader: EchoReader, cfg: DataConfig,
     """Scan, split and partition once per process and dataset: a simulation worker serves many
     virtual sites of one dataset, and re-scanning it for each would make a round quadratic in the
     number of sites."""
-    key = (reader.format, str(reader.root.resolve()), cfg.on_error, tuple(cfg.split_fractions), cfg.split_seed,
-           repr(cfg.partition), num_sites)
+    key = (reader.format, str(reader.root.resolve()), cfg.on_error, cfg.id_fallback, tuple(cfg.split_fractions),
+           cfg.split_seed, repr(cfg.partition), num_sites)
     if key not in _SPLIT_CACHE:
         scan = reader.scan()
         records = assign_splits(scan.records, fractions=cfg.split_fractions, seed=cfg.split_seed)
