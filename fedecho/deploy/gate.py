@@ -218,6 +218,10 @@ def _verify(bundle: Path, run_config: dict, verdict: Verdict) -> RunGrant:
 
 def admit(run_config: dict, node_config: dict, phase: Phase, round_: int, verdict: Verdict) -> Admitted:
     """Check one message to a deployed node (see the module doc); ``verdict`` records each step."""
+    if not node_config.get("bundle-dir"):
+        verdict.signature = "invalid"
+        raise SiteRefusal(Code.SIGNATURE, "the site cannot verify runs: its node config has no bundle-dir (start "
+                                          "the site with `fedecho-client start --bundle DIR`)")
     bundle = Path(str(node_config["bundle-dir"]))
     grant = _verify(bundle, run_config, verdict)
     try:

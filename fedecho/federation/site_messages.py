@@ -68,6 +68,13 @@ def _simulated(context: Context, run_config: dict) -> Admitted:
     return Admitted(cfg=cfg, data=cfg.data, site_index=index, state_dir=state_dir, num_sites=count)
 
 
+def _state_root(node: dict) -> Path | None:
+    """The deployed site's state folder (audit log, site log, per-run state)."""
+    if node.get("state-dir"):
+        return Path(str(node["state-dir"]))
+    return Path(str(node["bundle-dir"])) / "state" if node.get("bundle-dir") else None
+
+
 def _work(kind: str, message: Message, admitted: Admitted) -> Message:
     """Run one admitted message on the site runtime."""
     from fedecho.federation.arrays import torch_dict
@@ -101,11 +108,11 @@ def handle(kind: str, message: Message, context: Context, run_config: dict,
     from flwr.client.mod.utils import make_ffn
 
     node = dict(context.node_config)
-    deployed = "bundle-dir" in node
+    deployed = "partition-id" not in node  # a SuperNode, not a virtual site of a simulation
     verdict = Verdict()
     entry: dict[str, Any] = {"run": int(message.metadata.run_id), "message": message.metadata.message_id,
                              "type": message.metadata.message_type, "phase": None, "round": None}
-    where: Path | None = Path(str(node.get("state-dir") or Path(str(node["bundle-dir"])) / "state")) if deployed else None
+    where = _state_root(node) if deployed else None
     received = False
     try:
         phase, round_, _ = _header(message)
