@@ -72,7 +72,7 @@ def site_log(state_dir: str | Path, text: str) -> None:
 def read_audit(path: str | Path) -> list[dict[str, Any]]:
     """The entries of an audit log (a state folder or the file); bad lines are an error naming them."""
     path = Path(path)
-    if path.is_dir():
+    if path.suffix != ".jsonl":  # a state folder
         path = path / AUDIT_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: no message has reached this site yet, or the state "

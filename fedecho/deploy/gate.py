@@ -48,6 +48,7 @@ APP_ID = "fedecho/fedecho"  # Flower's fab_id of FedEcho: "<publisher>/<project 
 _SIGNED_KEYS = ("experiment", "overrides", "resume", GRANT_KEY, SIGNATURE_KEY)
 #: Path-typed setting that only names the coordinator's run folder (the site derives a folder name).
 RUN_DIR_KEY = "federation.run_dir"
+_CONFIG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")  # an experiment is a config name in conf/, not a path
 _PATH_FIELD = re.compile(r"(^|_)(root|dir|path|file|weights|init|checkpoint)$")
 
 
@@ -231,7 +232,7 @@ def admit(run_config: dict, node_config: dict, phase: Phase, round_: int, verdic
         raise SiteRefusal(Code.POLICY, f"the site's policy cannot be read: {err}",
                           rule="the site's own policy file is invalid") from None
     overrides = shlex.split(grant.overrides)
-    paths = path_overrides(overrides)
+    paths = path_overrides(overrides) + ([] if _CONFIG_NAME.match(grant.experiment) else ["experiment"])
     if paths:
         verdict.policy = f"refused: paths {paths}"
         rule = f"the run sets {', '.join(paths)}: paths on a site are the site's own"

@@ -134,8 +134,11 @@ def handle(kind: str, message: Message, context: Context, run_config: dict,
         if where is not None:
             from fedecho.deploy.audit import site_log
 
-            site_log(where, f"run {entry['run']} {entry['type']} {entry['phase']} round {entry['round']}: "
-                            f"{reason}\n{detail}")
+            try:
+                site_log(where, f"run {entry['run']} {entry['type']} {entry['phase']} round {entry['round']}: "
+                                f"{reason}\n{detail}")
+            except OSError:
+                log.exception("site: cannot write the site log in %s", where)
         if not received:
             _audit(where, "received", entry, verdict, message)
         reply = Message(Error(code=code, reason=reason), reply_to=message)

@@ -215,6 +215,11 @@ def test_unsigned_wrong_key_and_tampered_runs_are_refused_before_any_data(site, 
     _, log = _refusal(site, {**signed, "train.lr": 10.0}, gate.Code.SIGNATURE, tmp_path)
     assert "unsigned keys ['train.lr']" in log
 
+    Path(site[1]["state-dir"], "audit.jsonl").unlink()
+    no_bundle = {k: v for k, v in site[1].items() if k != "bundle-dir"}
+    _, log = _refusal((site[0], no_bundle), signed, gate.Code.SIGNATURE, tmp_path)
+    assert "no bundle-dir" in log
+
 
 def test_foreign_app_and_message_outside_the_plan_are_refused(site, coordinator_key, tmp_path, no_data):
     key, _ = coordinator_key
@@ -247,6 +252,11 @@ def test_policy_refusals_name_the_rule_and_never_the_path(site, coordinator_key,
     _, log = _refusal(site, signed_run_config(key, _grant([*TINY, f"model.weights={secret}"], tmp_path / "run")),
                       gate.Code.POLICY, tmp_path, rule=rule)
     assert secret not in rule and "model.weights" in log
+
+    Path(node["state-dir"], "audit.jsonl").unlink()
+    rule = "the run sets experiment: paths on a site are the site's own"
+    _refusal(site, signed_run_config(key, _grant(TINY, tmp_path / "run", experiment="../../etc/conf")),
+             gate.Code.POLICY, tmp_path, rule=rule)
 
 
 # --- an allowed run: the site's settings win; the audit log is exactly the wire -------------------
@@ -288,6 +298,30 @@ def test_allowed_run_uses_site_settings_and_audits_exactly_what_was_sent(site, c
                                                                                                "error")}
     table = format_table(entries)
     assert len(table.splitlines()) == 1 + len(entries) and "train-loss=" in table
+
+
+def test_audit_command_prints_the_log(tmp_path, capsys):
+    from fedecho.cli.client import main
+    from fedecho.deploy.audit import append
+
+    state = tmp_path / "site" / "state"
+    append(state, {"event": "received", "run": 3, "type": "train", "phase": "adapt:view", "round": 1,
+                   "signature": "valid", "policy": "allowed",
+                   "tensors": [{"record": "arrays", "name": "head.w", "shape": [2, 4], "dtype": "float32",
+                                "bytes": 32}], "metrics": {}, "error": None})
+    append(state, {"event": "sent", "run": 4, "type": "train", "phase": "adapt:view", "round": 1,
+                   "signature": "valid", "policy": "allowed", "tensors": [],
+                   "metrics": {"num-examples": 12.0}, "error": None})
+    _write_site(tmp_path / "site")
+    assert main(["audit", "--bundle", str(tmp_path / "site"), "--tensors"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:3] == ["time", "event", "run"] and len(out) == 4
+    assert "1 tensors 32 B" in out[1] and "head.w (2, 4) float32 32 B" in out[2] and "num-examples=12" in out[3]
+    assert main(["audit", "--state-dir", str(state), "--json", "--run", "4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line)["run"] for line in lines] == [4]
+    assert main(["audit", "--state-dir", str(tmp_path / "nowhere")]) == 2
+    assert "audit.jsonl not found" in capsys.readouterr().err
 
 
 def test_corrupt_file_becomes_a_coded_data_error_without_path_or_id(site, coordinator_key, tmp_path, data_root):
