@@ -3,6 +3,7 @@
   init    make the site's own key pair (site.key stays here; hand site.pub to the coordinator)
   check   the data preflight: what was found, what is unreadable, label counts (nothing is sent)
   start   join the federation: preflight, then the SuperNode with the site's bundle (foreground)
+  audit   print the site's audit log: every message received and reply sent (what left the site)
 """
 
 from __future__ import annotations
@@ -51,6 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="auto: the GPU when there is one")
     start.add_argument("--max-retries", type=int, default=None,
                        help="give up after this many failed connection attempts (default: retry forever)")
+
+    audit = sub.add_parser("audit", help="print the site's audit log (what left the site)",
+                           description="Each message the site received and each reply it sent: run, phase, "
+                                       "round, signature check, policy decision, tensors and metrics sent.")
+    where = audit.add_mutually_exclusive_group(required=True)
+    where.add_argument("--state-dir", help="the site's state folder (fedecho-client start --state-dir)")
+    where.add_argument("--bundle", help="the site folder: its site.toml state-dir, else <bundle>/state")
+    audit.add_argument("--run", type=int, default=None, help="only this Flower run id")
+    audit.add_argument("--tensors", action="store_true", help="one row per tensor sent or received")
+    audit.add_argument("--json", action="store_true", help="the raw JSON lines")
     return parser
 
 
@@ -61,6 +72,22 @@ def _init(args: argparse.Namespace) -> int:
     print(f"site {args.name}: private key {pair.private} (mode 0600; it never leaves this machine)\n"
           f"send {pair.public} to the coordinator; it runs `fedecho-server add-site --name {args.name} --key "
           f"site.pub` and sends back a bundle: copy its files into {pair.private.parent}")
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    import json
+
+    from fedecho.deploy.audit import format_table, read_audit
+    from fedecho.deploy.policy import read_site_toml
+
+    state_dir = args.state_dir
+    if state_dir is None:
+        settings = read_site_toml(args.bundle)
+        data = settings.get("data", {}) if isinstance(settings.get("data"), dict) else {}
+        state_dir = data.get("state-dir") or settings.get("state-dir") or Path(args.bundle) / "state"
+    entries = [e for e in read_audit(state_dir) if args.run is None or e.get("run") == args.run]
+    print("\n".join(json.dumps(e) for e in entries) if args.json else format_table(entries, tensors=args.tensors))
     return 0
 
 
@@ -126,6 +153,10 @@ def _start(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"init": _init, "check": _check, "start": _start}
+    return 0
+
+
+    handlers = {"check": _check, "start": _start, "audit": _audit}
     try:
         return int(handlers[args.command](args) or 0)
     except (ValueError, FileNotFoundError) as err:

@@ -105,6 +105,8 @@ class DataConfig:
             raise ValueError(f"data.split_fractions must be 3 numbers summing to 1, got {self.split_fractions}")
         if self.format == "synthetic" and self.synthetic_format not in _FORMATS[:-1]:
             raise ValueError(f"data.synthetic_format must be one of {', '.join(_FORMATS[:-1])}")
+        if self.id_fallback and self.format != "dicom":
+            raise ValueError(f"data.id_fallback=true applies to data.format=dicom only (got {self.format})")
         if self.synthetic_patients < 1:
             raise ValueError("data.synthetic_patients must be >= 1")
         if not 0 < self.label_fraction <= 1:
