@@ -190,6 +190,28 @@ def test_installed_identity_is_what_pyproject_declares():
     assert installed_app_identity() == (f"{publisher}/{project['project']['name']}", project["project"]["version"])
 
 
+def test_the_worker_keeps_one_runtime_per_run_and_data(tmp_path):
+    """What stays warm in the worker: one SiteRuntime per (run state folder, site) while the run's
+    config and the site's data settings are the same; anything else gets a fresh one."""
+    import dataclasses
+
+    from fedecho.config.compose import compose_run_config
+    from fedecho.config.data import DataConfig
+    from fedecho.federation.site import get_runtime
+
+    cfg = compose_run_config(["federation.run_dir=/runs/a"], config_name="federated")
+    data = DataConfig(format="camus", root=str(tmp_path / "data"), on_error="skip")
+    first = get_runtime(cfg, site_index=0, num_sites=1, state_dir=tmp_path / "run-a", data=data)
+    again = compose_run_config(["federation.run_dir=/runs/a"], config_name="federated")  # the next message
+    assert get_runtime(again, site_index=0, num_sites=1, state_dir=tmp_path / "run-a",
+                       data=dataclasses.replace(data)) is first
+    assert get_runtime(again, site_index=0, num_sites=1, state_dir=tmp_path / "run-b", data=data) is not first
+    other_data = dataclasses.replace(data, on_error="raise")
+    assert get_runtime(again, site_index=0, num_sites=1, state_dir=tmp_path / "run-a", data=other_data) is not first
+    longer = compose_run_config(["federation.run_dir=/runs/a", "federation.adapt.rounds=9"], config_name="federated")
+    assert get_runtime(longer, site_index=0, num_sites=1, state_dir=tmp_path / "run-a", data=other_data).cfg == longer
+
+
 # --- real processes -------------------------------------------------------------------------------
 
 def _site_records(tmp_path, site: str) -> list[dict]:
