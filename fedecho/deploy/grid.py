@@ -5,25 +5,50 @@ looks for replies every 3 s, so every exchange with the sites costs a multiple o
 the sites answer in one (a round has two: train and evaluate). :class:`PromptGrid` wraps any
 Grid and overrides only ``send_and_receive``: the same push and pull calls, with the pull interval
 starting at 50 ms and growing to 1 s while the sites work. Everything else is the wrapped Grid's.
+
+Flower also fetches a message's objects (its tensors) with retries 1 s, 2 s, 4 s ... apart when
+they are not uploaded yet, which is the rule when the receiver is prompt: the sender announces a
+message before uploading its objects. :func:`fast_object_pulls` makes one Flower module retry
+after 50 ms, growing to 0.5 s; it is applied to the coordinator's Grid (here) and to the
+SuperNode's loop (fedecho.deploy.supernode).
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable
+from types import ModuleType
 
 from flwr.app import Message
 from flwr.serverapp import Grid
 
-__all__ = ["PromptGrid", "prompt"]
+__all__ = ["PromptGrid", "fast_object_pulls", "prompt"]
+
+
+def fast_object_pulls(module: ModuleType, *, first_s: float = 0.05, cap_s: float = 0.5) -> bool:
+    """Make ``module``'s calls of Flower's ``pull_objects`` retry an object that is not uploaded
+    yet after ``first_s`` seconds (doubling up to ``cap_s``) instead of 1 s (doubling up to 10 s).
+    Returns False, changing nothing, where ``module`` does not call it (another Flower)."""
+    original = getattr(module, "pull_objects", None)
+    if original is None or getattr(original, "fedecho_prompt", False):
+        return False
+    fast = functools.partial(original, initial_backoff=first_s, backoff_cap=cap_s)
+    fast.fedecho_prompt = True  # type: ignore[attr-defined]
+    module.pull_objects = fast
+    return True
 
 
 def prompt(grid: Grid) -> Grid:
-    """``grid`` wrapped in :class:`PromptGrid`, unless it is the simulation's in-memory Grid
-    (which already polls every 0.1 s)."""
+    """``grid`` wrapped in :class:`PromptGrid` with prompt object pulls, unless it is the
+    simulation's in-memory Grid (which polls every 0.1 s and has no objects to fetch)."""
+    from flwr.superlink.grid import http_grid
     from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
-    return grid if isinstance(grid, (InMemoryGrid, PromptGrid)) else PromptGrid(grid)
+    if isinstance(grid, (InMemoryGrid, PromptGrid)):
+        return grid
+    fast_object_pulls(http_grid)
+    return PromptGrid(grid)
 
 
 class PromptGrid(Grid):

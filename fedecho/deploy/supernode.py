@@ -10,10 +10,11 @@ running: a worker that dies is started again (the site's state is on disk), the 
 ends both.
 
 The SuperNode runs as ``python -m fedecho.deploy.supernode --idle-poll S -- <flower-supernode
-arguments>``: Flower's own ``flower-supernode`` main, with one change: its loop waits at most
+arguments>``: Flower's own ``flower-supernode`` main, with two changes: its loop waits at most
 ``S`` seconds (default :data:`IDLE_POLL_S`) where Flower 1.41 waits 3 s before asking the
-SuperLink for the next message and 0.5 s for the worker's reply. (Flower's sleeps would add
-0-3.5 s to every message; each idle poll is one small authenticated HTTPS request.)
+SuperLink for the next message and 0.5 s for the worker's reply, and it fetches a message's
+tensors promptly (:func:`fedecho.deploy.grid.fast_object_pulls`). (Flower's waits add 1-7 s to
+every message; each idle poll is one small authenticated HTTPS request.)
 
 The node config the ClientApp reads (``client/app.py``): bundle-dir, site, site-index,
 data-format, data-root, state-dir, device.
@@ -126,7 +127,9 @@ def run_prompt_supernode(idle_poll: float, flower_args: list[str]) -> None:
     from flwr.supernode import start_client_internal as loop
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
-    if getattr(loop, "time", None) is time:
+    from fedecho.deploy.grid import fast_object_pulls
+
+    if getattr(loop, "time", None) is time and fast_object_pulls(loop):
         loop.time = _PromptClock(idle_poll)
     else:  # a Flower whose loop no longer sleeps on `time`: correct, only slower
         print(f"fedecho: flwr {getattr(loop, 'package_version', '?')} changed its SuperNode loop; running it "

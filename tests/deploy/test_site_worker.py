@@ -212,6 +212,72 @@ def test_the_worker_keeps_one_runtime_per_run_and_data(tmp_path):
     assert get_runtime(longer, site_index=0, num_sites=1, state_dir=tmp_path / "run-a", data=other_data).cfg == longer
 
 
+class _SlowGrid:
+    """A Grid stand-in whose replies become available ``after`` seconds after the push."""
+
+    def __init__(self, after: float) -> None:
+        self.after, self.pulls, self.pushed_at = after, 0, 0.0
+
+    def push_messages(self, messages):
+        self.pushed_at = time.monotonic()
+        return [f"m{i}" for i, _ in enumerate(messages)]
+
+    def pull_messages(self, message_ids):
+        self.pulls += 1
+        if time.monotonic() - self.pushed_at < self.after:
+            return []
+        replies = []
+        for message_id in message_ids:
+            reply = Message(metadata=Metadata(run_id=1, message_id="", src_node_id=7, dst_node_id=1,
+                                              reply_to_message_id=message_id, group_id="", created_at=time.time(),
+                                              ttl=60, message_type="train"), content=RecordDict())
+            replies.append(reply)
+        return replies
+
+
+def test_prompt_grid_returns_replies_as_they_arrive_and_keeps_the_timeout():
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+    from fedecho.deploy.grid import PromptGrid, prompt
+
+    inner = _SlowGrid(after=0.4)
+    grid = PromptGrid(inner)  # type: ignore[arg-type]
+    start = time.monotonic()
+    replies = list(grid.send_and_receive([object(), object()], timeout=10))
+    took = time.monotonic() - start
+    assert sorted(r.metadata.reply_to_message_id for r in replies) == ["m0", "m1"]
+    assert 0.4 <= took < 1.5, took  # Flower's HttpGrid looks every 3 s
+    inner = _SlowGrid(after=60)
+    start = time.monotonic()
+    assert list(PromptGrid(inner).send_and_receive([object()], timeout=0.5)) == []  # type: ignore[arg-type]
+    assert 0.5 <= time.monotonic() - start < 1.5 and inner.pulls >= 3
+    in_memory = InMemoryGrid.__new__(InMemoryGrid)
+    assert prompt(in_memory) is in_memory  # simulation keeps its own Grid
+
+
+def test_fast_object_pulls_shortens_flowers_back_off_once():
+    import types
+
+    from fedecho.deploy.grid import fast_object_pulls
+
+    seen = {}
+
+    def pull_objects(object_ids, pull_object_fn, *, initial_backoff=1.0, backoff_cap=10.0):
+        seen.update(initial_backoff=initial_backoff, backoff_cap=backoff_cap)
+
+    module = types.SimpleNamespace(pull_objects=pull_objects)
+    assert fast_object_pulls(module) and not fast_object_pulls(module)  # type: ignore[arg-type]
+    module.pull_objects(["a"], pull_object_fn=None)
+    assert seen == {"initial_backoff": 0.05, "backoff_cap": 0.5}
+    assert not fast_object_pulls(types.SimpleNamespace())  # type: ignore[arg-type]
+    from flwr.superlink.grid import http_grid
+    from flwr.supernode import start_client_internal
+
+    for flower_module in (http_grid, start_client_internal):  # the hooks exist in this Flower
+        assert callable(getattr(flower_module, "pull_objects"))
+    assert start_client_internal.time is time  # the SuperNode loop sleeps on the time module
+
+
 # --- real processes -------------------------------------------------------------------------------
 
 def _site_records(tmp_path, site: str) -> list[dict]:
