@@ -144,7 +144,8 @@ def test_bad_policy_is_an_error_naming_the_file_and_key(tmp_path, text, words):
 
 # --- rules ------------------------------------------------------------------------------------------
 def test_every_path_typed_setting_is_found_and_refused():
-    assert gate.path_keys() == {"data.root", "model.weights", "init", "train.out_dir", "federation.run_dir"}
+    assert gate.path_keys() == {"data.root", "data.cache_dir", "model.weights", "init", "train.out_dir",
+                                "federation.run_dir"}
     overrides = ["data.root=/data", "model.weights=w.pt", "++init=ckpt.pt", "train.out_dir=out", "hydra.run.dir=x",
                  "hydra.searchpath=[file:///etc]", "task.label_key=../x", "data=camus", "train.lr=0.1",
                  "federation.run_dir=/coordinator/runs/r1", "task.classes=[A4C,A2C]"]
