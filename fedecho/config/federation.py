@@ -110,6 +110,9 @@ class FederationConfig:
     """Tasks of the adapt phases, each trained and aggregated on its own (never mixed)."""
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    lora_aggregation: str = "fedavg"
+    """encoder=lora: fedavg (A, B averaged apart) | ffa (A frozen, B federated: exact) | fedsa (A
+    federated, B kept per site); see fedecho.adapters.lora."""
     num_sites: int = 3
     """Simulation: virtual sites made by data.partition."""
     run_dir: str = "runs/federated"
