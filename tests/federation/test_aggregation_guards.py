@@ -149,6 +149,8 @@ def test_weighting_config_auto_examples_uniform_and_errors():
         FederationConfig(weighting="examples", privacy=PrivacyConfig(mode="site"))
     with pytest.raises(ValueError, match="privacy.mode=site needs a strategy that averages"):
         FederationConfig(strategy=StrategyConfig(name="krum"), privacy=PrivacyConfig(mode="site"))
+    with pytest.raises(ValueError, match="set federation.strategy.max_update_norm=null"):
+        FederationConfig(strategy=StrategyConfig(max_update_norm=5.0), privacy=PrivacyConfig(mode="site"))
 
 
 def test_evaluation_metrics_are_bounded_and_validated_the_same_way():
