@@ -304,7 +304,7 @@ class ScriptedGrid:
         return replies
 
 
-def _coordinator(run_dir, grid, monkeypatch, strategy="fedadam", resume=False):
+def _coordinator(run_dir, grid, monkeypatch, strategy="fedadam", resume=False, extra=()):
     import torch
 
     from fedecho.config.compose import compose_run_config
@@ -312,40 +312,50 @@ def _coordinator(run_dir, grid, monkeypatch, strategy="fedadam", resume=False):
 
     cfg = compose_run_config([f"federation.strategy.name={strategy}", "federation.adapt.rounds=4",
                               "federation.tasks=[view]", "federation.central_eval=false",
-                              "federation.strategy.server_lr=0.3", f"federation.run_dir={run_dir}"],
+                              "federation.strategy.server_lr=0.3", f"federation.run_dir={run_dir}", *extra],
                              config_name="federated")
     monkeypatch.setattr(Coordinator, "_initial",
                         lambda self, phase: ({k: torch.from_numpy(v.copy()) for k, v in GLOBAL.items()}, None))
     return Coordinator(cfg, grid, resume=resume)
 
 
-@pytest.mark.parametrize("strategy", ["fedadam", "fedavgm"])
-def test_a_resumed_run_continues_the_strategy_state_bit_for_bit(tmp_path, monkeypatch, strategy):
+# site-level DP without noise is deterministic: its (two-level) strategy state must resume exactly too
+SITE_DP_NO_NOISE = ("federation.privacy.mode=site", "federation.privacy.noise_multiplier=0",
+                    "federation.privacy.max_grad_norm=0.5")
+
+
+@pytest.mark.parametrize("strategy,extra", [("fedadam", ()), ("fedavgm", ()), ("fedadam", SITE_DP_NO_NOISE)])
+def test_a_resumed_run_continues_the_strategy_state_bit_for_bit(tmp_path, monkeypatch, strategy, extra):
     from fedecho.federation import coordinator as coordinator_module
     from fedecho.federation.state import RunCheckpoint
 
-    _coordinator(tmp_path / "full", ScriptedGrid(), monkeypatch, strategy).run()
+    _coordinator(tmp_path / "full", ScriptedGrid(), monkeypatch, strategy, extra=extra).run()
     full = RunCheckpoint.load(tmp_path / "full").phase_arrays("adapt:view")
+    if extra:  # every site's update (norm ~1.8) was clipped to 0.5 at the coordinator
+        import json
+
+        history = json.loads((tmp_path / "full" / "history.json").read_text())
+        assert [r["train"]["site-dp-clipped"] for r in history if r["phase"] == "adapt:view"] == [3, 3, 3, 3]
 
     with pytest.raises(RuntimeError, match="killed before round 3"):
-        _coordinator(tmp_path / "resumed", ScriptedGrid(crash_at=3), monkeypatch, strategy).run()
+        _coordinator(tmp_path / "resumed", ScriptedGrid(crash_at=3), monkeypatch, strategy, extra=extra).run()
     checkpoint = RunCheckpoint.load(tmp_path / "resumed")
     assert (checkpoint.phase, checkpoint.round) == ("adapt:view", 2)
     files = sorted(p.name for p in checkpoint.directory.iterdir())
     assert files == ["round_adapt_view_000002.npz", "state.json"]  # round 1's file was replaced
     saved = checkpoint.strategy_state()
     moments = ("m_t", "v_t") if strategy == "fedadam" else ("momentum_vector",)
-    assert all(saved[0][name] is not None for name in moments)
-    _coordinator(tmp_path / "resumed", ScriptedGrid(), monkeypatch, strategy, resume=True).run()
+    assert all(saved[-1][name] is not None for name in moments)  # (the inner strategy under site DP)
+    _coordinator(tmp_path / "resumed", ScriptedGrid(), monkeypatch, strategy, resume=True, extra=extra).run()
     resumed = RunCheckpoint.load(tmp_path / "resumed").phase_arrays("adapt:view")
     for key in full:
         np.testing.assert_array_equal(full[key], resumed[key])
 
     # what the test guards: the same resume without the saved moments ends elsewhere
     with pytest.raises(RuntimeError):
-        _coordinator(tmp_path / "forgetful", ScriptedGrid(crash_at=3), monkeypatch, strategy).run()
+        _coordinator(tmp_path / "forgetful", ScriptedGrid(crash_at=3), monkeypatch, strategy, extra=extra).run()
     monkeypatch.setattr(coordinator_module, "load_strategy_state", lambda strategy, state: None)
-    _coordinator(tmp_path / "forgetful", ScriptedGrid(), monkeypatch, strategy, resume=True).run()
+    _coordinator(tmp_path / "forgetful", ScriptedGrid(), monkeypatch, strategy, resume=True, extra=extra).run()
     forgetful = RunCheckpoint.load(tmp_path / "forgetful").phase_arrays("adapt:view")
     assert not np.array_equal(full["w"], forgetful["w"])
 
