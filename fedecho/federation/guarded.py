@@ -82,6 +82,7 @@ class ParsedReply:
 def parse_reply(message: Message, declaration: Declaration, *, reference: Mapping[str, np.ndarray] | None = None,
                 max_update_norm: float | None = None) -> ParsedReply:
     """Parse and validate one train reply on its own; raise :class:`RejectedReply` with every problem.
+    The message keeps only its ``arrays`` and ``metrics`` records (what Flower's aggregation reads).
 
     Each array's bytes are checked before anything reads them (a short or foreign payload is that
     site's problem, never the round's), then the update against the phase's declaration (names,
