@@ -28,6 +28,10 @@ from fedecho.config.federation import WEIGHTING_MODES, FederationConfig
 
 __all__ = ["WEIGHTING_MODES", "WeightDecision", "WeightPolicy", "bound_weights", "parse_num_examples"]
 
+#: The largest count a float holds exactly; a larger claim is no count of examples.
+_MAX_COUNT = 2**53
+
+
 def parse_num_examples(value: object) -> int:
     """A site's reported ``num-examples`` as a positive int; ValueError saying what is wrong otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -38,6 +42,8 @@ def parse_num_examples(value: object) -> int:
         raise ValueError(f"num-examples is {value:g}, not a whole number of examples")
     if value <= 0:
         raise ValueError(f"num-examples is {value:g} (the site must have trained on at least one example)")
+    if value > _MAX_COUNT:
+        raise ValueError(f"num-examples is {value:g}, beyond 2**53 (no exact count; sums of such weights overflow)")
     return int(value)
 
 

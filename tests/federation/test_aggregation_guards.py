@@ -113,6 +113,7 @@ def test_two_sites_the_lower_median_bounds_the_liar():
     (0, "num-examples is 0"),
     (-5.0, "num-examples is -5"),
     (2.5, "num-examples is 2.5, not a whole number"),
+    (1e300, "num-examples is 1e+300, beyond 2**53"),
 ])
 def test_a_non_finite_or_non_positive_or_fractional_num_examples_rejects_only_that_site(bad, reason):
     arrays, record = run_round(THREE, [1, 3, bad])
