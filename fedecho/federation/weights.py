@@ -4,8 +4,8 @@ A site reports ``num-examples`` with its update, and FedAvg-style strategies wei
 that reports 1e9 would otherwise *be* the global model, whatever bound its update's norm respects,
 and ``inf``/``NaN`` would turn the aggregate into NaN. So:
 
-1. ``num-examples`` must be a finite, positive integer (an integral float such as ``120.0`` is
-   accepted, as sites send floats); anything else rejects that site's reply (:func:`parse_num_examples`).
+1. ``num-examples`` must be a positive integer of at most 2**53 (an integral float such as ``120.0``
+   is accepted, as sites send floats); anything else rejects that site's reply (:func:`parse_num_examples`).
 2. Weighting is ``examples`` (by the reported count) or ``uniform`` (every site counts once).
    ``auto`` means ``examples``, or ``uniform`` where the aggregation requires it: site-level DP
    calibrates its noise for a uniform mean (fedecho.federation.site_dp).
