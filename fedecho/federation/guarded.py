@@ -23,7 +23,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedecho.federation.arrays import MalformedArrayError, numpy_dict, parse_record, view_record
+from fedecho.federation.arrays import MalformedArrayError, numpy_dict, parse_record, to_arrayrecord, view_record
 from fedecho.federation.contract import ARRAYS, METRICS, Declaration, MetricKey
 from fedecho.federation.history import RoundRecord
 from fedecho.federation.validation import check_update
@@ -262,7 +262,16 @@ class GuardedStrategy(Strategy):
             valid.append(message)
         arrays, metrics = self.strategy.aggregate_train(absolute, _common_metrics(valid))
         record.train = _scalars(metrics)
-        return arrays, metrics
+        return (self._as_declared(arrays) if arrays is not None else None), metrics
+
+    def _as_declared(self, arrays: ArrayRecord) -> ArrayRecord:
+        """The global arrays in their declared dtypes: Flower's FedAdam/FedYogi compute in float64,
+        which would double the bytes sent to every site and drift from the phase's declaration."""
+        if all(value.dtype == self.declaration[name].dtype for name, value in arrays.items()
+               if name in self.declaration):
+            return arrays
+        return to_arrayrecord({name: value.numpy().astype(self.declaration[name].dtype, copy=False)
+                               if name in self.declaration else value.numpy() for name, value in arrays.items()})
 
     # --- evaluate -------------------------------------------------------------------------------
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,

@@ -168,6 +168,18 @@ def test_evaluation_metrics_are_bounded_and_validated_the_same_way():
     assert set(guarded.current.sites_evaluate) == {"node_1", "node_2", "node_3"}
 
 
+def test_the_global_model_keeps_its_declared_dtype_under_fedadam():
+    """Flower's FedAdam computes in float64: without the cast, every site would receive twice the
+    bytes from round 2 on and the arrays would no longer match the phase's declaration."""
+    cfg = StrategyConfig(name="fedadam", min_sites=1)
+    guarded = guarded_for(cfg, 3)
+    arrays, record = run_round(THREE, [1, 1, 2], guarded=guarded)
+    assert {k: v.dtype for k, v in arrays.items()} == {"w": np.float32, "b": np.float32}
+    sent_1 = record.bytes_sent
+    _, record = run_round(THREE, [1, 1, 2], guarded=guarded, current=arrays, server_round=2)
+    assert record.bytes_sent == sent_1
+
+
 # --- item 7: a malformed array rejects only its site -----------------------------------------------
 def _npy(value: np.ndarray) -> bytes:
     buffer = io.BytesIO()
@@ -295,7 +307,7 @@ class ScriptedGrid:
                 if config["server-round"] == self.crash_at:
                     raise RuntimeError(f"coordinator killed before round {self.crash_at}")
                 step = np.sin(np.arange(7, dtype=np.float32) * node + config["server-round"])
-                # like a site's float32 model (FedAdam hands out float64 arrays)
+                # like a site's float32 model
                 arrays = {k: v.astype(np.float32) for k, v in numpy_dict(message.content.array_records["arrays"]).items()}
                 new = {"w": arrays["w"] + step[:4].reshape(2, 2), "b": arrays["b"] - step[4:]}
                 content = RecordDict({"arrays": record_of(new), "metrics": MetricRecord(metrics)})
