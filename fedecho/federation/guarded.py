@@ -47,6 +47,16 @@ def site_name(message: Message) -> str:
     return f"node_{message.metadata.src_node_id}"
 
 
+def _distinct_name(message: Message, names: dict[str, int]) -> str:
+    """:func:`site_name`, unless another node of this round already claimed that name (a site can
+    report any index): then ``<name>@node_<id>``, so no site's record overwrites another's."""
+    name, node = site_name(message), message.metadata.src_node_id
+    if names.setdefault(name, node) != node:
+        name = f"{name}@node_{node}"
+        names[name] = node
+    return name
+
+
 def _is_scalar(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -214,8 +224,9 @@ class GuardedStrategy(Strategy):
         record = self.current or RoundRecord(phase=self.phase_name, round=absolute)
         replies = list(replies)
         parsed: dict[int, tuple[str, ParsedReply]] = {}  # by Flower's (authenticated) node id
+        names: dict[str, int] = {}
         for message in replies:
-            site = site_name(message)
+            site = _distinct_name(message, names)
             if message.has_error():
                 record.rejected[site] = f"error: {message.error.reason}"
                 log.warning("round %d (%s): %s failed: %s", absolute, self.phase_name, site, message.error.reason)
@@ -289,8 +300,9 @@ class GuardedStrategy(Strategy):
         absolute = self.absolute(server_round)
         replies = list(replies)
         counted: dict[int, tuple[str, Message, int]] = {}
+        names: dict[str, int] = {}
         for message in replies:
-            site = site_name(message)
+            site = _distinct_name(message, names)
             if message.has_error():
                 log.warning("round %d (%s): evaluation on %s failed: %s", absolute, self.phase_name, site,
                             message.error.reason)

@@ -231,19 +231,22 @@ def test_extra_records_odd_metrics_and_a_bogus_site_index_break_only_their_reply
     """Flower's aggregation refuses a whole round for a second ArrayRecord or mismatched metric
     types; a NaN site index used to crash naming the site."""
     cfg = StrategyConfig(name="fedavg", min_sites=1)
-    guarded = guarded_for(cfg, 4)
-    guarded.configure_train(1, record_of(GLOBAL), ConfigRecord({}), FixedGrid([1, 2, 3, 4]))
+    guarded = guarded_for(cfg, 6)
+    guarded.configure_train(1, record_of(GLOBAL), ConfigRecord({}), FixedGrid([1, 2, 3, 4, 5, 6]))
     extra = reply(2, site(50.0), 1)
     extra.content["smuggled"] = record_of({"x": np.zeros(3, np.float32)})
     replies = [reply(1, THREE[0], 1, **{"train-loss": 1.0}), extra,
                reply(3, THREE[1], 3, **{"train-loss": [1.0, 2.0]}),  # a list where others send a number
-               reply(4, THREE[2], 2, **{"site-index": float("nan"), "train-loss": 4.0})]
+               reply(4, THREE[2], 2, **{"site-index": float("nan"), "train-loss": 4.0}),
+               reply(5, site(8.0, 0.5), 2, **{"site-index": 0.0, "train-loss": 4.0}),  # "I am site_0"
+               reply(6, site(8.0, 0.5), 2, **{"site-index": 0.0, "train-loss": 4.0})]  # ... and so am I
     arrays, metrics = guarded.aggregate_train(1, replies)
     arrays = numpy_dict(arrays)
-    assert np.allclose(arrays["w"], (1 * 1 + 3 * 3 + 8 * 2) / 6)
+    assert np.allclose(arrays["w"], (1 * 1 + 3 * 3 + 8 * 2 * 3) / 10)
     assert guarded.current.rejected == {"node_2": "unexpected record 'smuggled' in reply"}
     assert "train-loss" not in metrics  # not a number at every site: left out, not a crash
-    assert set(guarded.current.sites_train) == {"node_1", "node_3", "node_4"}
+    # two nodes claiming one site index: both kept in the history, neither overwrites the other
+    assert set(guarded.current.sites_train) == {"node_1", "node_3", "node_4", "site_0", "site_0@node_6"}
 
 
 def test_a_malformed_array_below_min_sites_fails_the_round_with_its_reason():
