@@ -147,8 +147,9 @@ class FederationConfig:
                              f"got {self.max_weight_ratio}")
         if self.privacy.mode == "site":
             if self.weighting == "examples":
-                raise ValueError("federation.weighting=examples cannot be used with federation.privacy.mode=site: site-level "
-                                 "DP calibrates its noise for a uniform mean; set federation.weighting=auto or uniform")
+                raise ValueError("federation.weighting=examples cannot be used with federation.privacy.mode=site: "
+                                 "site-level DP calibrates its noise for a uniform mean; set "
+                                 "federation.weighting=auto or uniform")
             if self.strategy.name not in MEAN_STRATEGIES:
                 raise ValueError(f"federation.privacy.mode=site needs a strategy that averages updates "
                                  f"({', '.join(MEAN_STRATEGIES)}); {self.strategy.name} has a different "

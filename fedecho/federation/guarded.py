@@ -240,8 +240,8 @@ class GuardedStrategy(Strategy):
                 log.warning("round %d (%s): %s stopped: %s", absolute, self.phase_name, site, record.rejected[site])
                 continue
             try:
-                parsed[message.metadata.src_node_id] = site, parse_reply(message, self.declaration, reference=self._reference,
-                                           max_update_norm=self.max_update_norm)
+                parsed[message.metadata.src_node_id] = site, parse_reply(
+                    message, self.declaration, reference=self._reference, max_update_norm=self.max_update_norm)
             except RejectedReply as err:
                 record.rejected[site] = str(err)
                 log.warning("round %d (%s): rejected update from %s: %s", absolute, self.phase_name, site, err)

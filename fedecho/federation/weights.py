@@ -68,8 +68,9 @@ class WeightPolicy:
         if weighting not in WEIGHTING_MODES:
             raise ValueError(f"federation.weighting {weighting!r} is unknown; valid: {', '.join(WEIGHTING_MODES)}")
         if site_dp and weighting == "examples":
-            raise ValueError("federation.weighting=examples cannot be used with federation.privacy.mode=site: site-level DP "
-                             "calibrates its noise for a uniform mean; set federation.weighting=auto or uniform")
+            raise ValueError("federation.weighting=examples cannot be used with federation.privacy.mode=site: "
+                             "site-level DP calibrates its noise for a uniform mean; set federation.weighting=auto "
+                             "or uniform")
         mode = "uniform" if weighting == "uniform" or (weighting == "auto" and site_dp) else "examples"
         return cls(mode=mode, max_weight_ratio=max_weight_ratio)
 

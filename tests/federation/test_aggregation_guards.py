@@ -311,7 +311,8 @@ class ScriptedGrid:
                     raise RuntimeError(f"coordinator killed before round {self.crash_at}")
                 step = np.sin(np.arange(7, dtype=np.float32) * node + config["server-round"])
                 # like a site's float32 model
-                arrays = {k: v.astype(np.float32) for k, v in numpy_dict(message.content.array_records["arrays"]).items()}
+                received = numpy_dict(message.content.array_records["arrays"])
+                arrays = {k: v.astype(np.float32) for k, v in received.items()}
                 new = {"w": arrays["w"] + step[:4].reshape(2, 2), "b": arrays["b"] - step[4:]}
                 content = RecordDict({"arrays": record_of(new), "metrics": MetricRecord(metrics)})
             else:
