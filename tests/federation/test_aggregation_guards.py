@@ -341,7 +341,8 @@ SITE_DP_NO_NOISE = ("federation.privacy.mode=site", "federation.privacy.noise_mu
                     "federation.privacy.max_grad_norm=0.5")
 
 
-@pytest.mark.parametrize("strategy,extra", [("fedadam", ()), ("fedavgm", ()), ("fedadam", SITE_DP_NO_NOISE)])
+@pytest.mark.parametrize("strategy,extra", [("fedadam", ()), ("fedavgm", ()), ("fedadam", SITE_DP_NO_NOISE)],
+                         ids=["fedadam", "fedavgm", "fedadam-site-dp"])
 def test_a_resumed_run_continues_the_strategy_state_bit_for_bit(tmp_path, monkeypatch, strategy, extra):
     from fedecho.federation import coordinator as coordinator_module
     from fedecho.federation.state import RunCheckpoint
