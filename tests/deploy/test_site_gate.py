@@ -368,3 +368,17 @@ def test_simulated_site_errors_are_coded_too(tmp_path):
     state = tmp_path / "sim" / "sites" / "site_0"
     assert "missing" in (state / "site.log").read_text()
     assert [e["event"] for e in read_audit(state)] == ["received", "sent"] * 2
+
+
+def test_id_fallback_reaches_the_dicom_reader(tmp_path):
+    """[policy.data] id-fallback -> data.id_fallback -> the DICOM reader (other formats refuse it)."""
+    from fedecho.config.data import DataConfig
+    from fedecho.data.base import open_reader
+
+    assert open_reader("dicom", tmp_path, on_error="skip", id_fallback=True).id_fallback is True
+    assert open_reader("dicom", tmp_path, on_error="skip").id_fallback is False
+    with pytest.raises(ValueError, match="DICOM folders only"):
+        open_reader("camus", tmp_path, id_fallback=True)
+    with pytest.raises(ValueError, match="data.format=dicom only"):
+        DataConfig(format="camus", root=str(tmp_path), id_fallback=True)
+    assert DataConfig(format="dicom", root=str(tmp_path), id_fallback=True).id_fallback
