@@ -27,6 +27,9 @@ class PartitionConfig:
     """Quantile bins for a numeric label/attribute (e.g. age bands)."""
     min_patients: int = 2
     seed: int = 0
+    only_site: int | None = None
+    """Local-only arm: a one-site run (federation.num_sites=1) trains and validates on site k's
+    patients of this partition into ``num_sites`` sites; the test split stays pooled."""
 
     def __post_init__(self) -> None:
         methods = ("iid", "dirichlet", "attribute", "quantity", "natural")
@@ -40,6 +43,9 @@ class PartitionConfig:
             raise ValueError("partition.method=attribute needs partition.key (e.g. partition.key=scanner)")
         if self.alpha <= 0:
             raise ValueError(f"partition.alpha must be > 0, got {self.alpha}")
+        if self.only_site is not None and (self.num_sites < 2 or not 0 <= self.only_site < self.num_sites):
+            raise ValueError(f"partition.only_site={self.only_site} must be a site index of a "
+                             f"partition into partition.num_sites >= 2 sites (got num_sites={self.num_sites})")
 
     def options(self) -> dict:
         """Keyword options for :func:`fedecho.data.partition.partition_patients`."""
@@ -63,20 +69,26 @@ class DataConfig:
     """Data folder; None with format=synthetic generates the embedded demo data."""
     on_error: str = "skip"
     """raise: stop at bad input; skip: leave bad items out, counted and logged."""
+    id_fallback: bool = False
+    """DICOM: derive a missing PatientID (from StudyInstanceUID), StudyInstanceUID (folder) or
+    SOPInstanceUID (file path) instead of refusing the file; the data check counts them."""
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     """train/val/test fractions for patients the source gives no split."""
     split_seed: int = 0
     label_fraction: float = 1.0
     """Fraction of labelled training patients used for fine-tuning (EchoCLR: 0.01 ... 1.0)."""
-    id_fallback: bool = False
-    """format=dicom: derive a missing PatientID / StudyID as fedecho.data.dicom documents, instead
-    of reporting the file as an issue."""
     synthetic_format: str = "camus"
     """format=synthetic: the on-disk layout the generator writes (and the reader then reads)."""
     synthetic_patients: int = 24
     synthetic_style: str = "mixed"
     """format=synthetic: a scanner style name, or mixed (one per patient, in the scanner label)."""
     synthetic_image_size: int | None = None
+    cache: bool = True
+    """Decode each item once into a uint8 store at the training size (fedecho.data.cache); later
+    epochs, rounds and runs read it. ``fedecho data cache-clear`` empties it."""
+    cache_dir: str | None = None
+    """Where the decoded cache lives; None: the site's state directory when deployed, else
+    $FEDECHO_CACHE/decoded (~/.cache/fedecho/decoded)."""
     partition: PartitionConfig = field(default_factory=PartitionConfig)
 
     def __post_init__(self) -> None:

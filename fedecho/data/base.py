@@ -86,7 +86,10 @@ class EchoReader(ABC):
 
 def open_reader(fmt: str, root: str | Path, *, on_error: OnError = "raise", id_fallback: bool = False) -> EchoReader:
     """Build the reader registered for ``fmt`` (importing the built-in readers first).
-    ``id_fallback`` (DICOM only): derive a missing PatientID/StudyID instead of reporting the file."""
+
+    ``id_fallback`` (DICOM only: the other formats take their ids from a manifest) derives missing
+    patient/study/instance ids as :mod:`fedecho.data.dicom` documents instead of refusing the file.
+    """
     import fedecho.data.readers  # noqa: F401  (registers the built-in formats)
 
     if id_fallback and fmt != "dicom":

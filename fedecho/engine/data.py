@@ -118,6 +118,9 @@ def load_site(
     records, issues, partition = _split_and_partition(reader, cfg, num_sites if simulated else 1)
     if simulated:
         records = partition.site_records(site, records)
+    elif cfg.partition.only_site is not None:  # local-only arm: one site's patients, pooled test split
+        members = set(_split_and_partition(reader, cfg, cfg.partition.num_sites)[2].sites[cfg.partition.only_site])
+        records = [r for r in records if r.split == "test" or r.patient_id in members]
     by_split = split_records(records)
     train = by_split["train"]
     if fraction_of_train and cfg.label_fraction < 1:
@@ -225,9 +228,10 @@ class PretrainDataset(Dataset):
 
 
 def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int, collate: Callable,
-                num_workers: int = 0, drop_last: bool = False) -> DataLoader:
-    """A DataLoader with a seeded shuffle (deterministic for ``seed``)."""
+                num_workers: int = 0, drop_last: bool = False, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader with a seeded shuffle (deterministic for ``seed``); workers are persistent."""
     generator = torch.Generator()
     generator.manual_seed(int(hashlib.sha256(f"loader-{seed}".encode()).hexdigest()[:8], 16))
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator,
-                      num_workers=num_workers, drop_last=drop_last, persistent_workers=num_workers > 0)
+                      num_workers=num_workers, drop_last=drop_last, persistent_workers=num_workers > 0,
+                      pin_memory=pin_memory)
