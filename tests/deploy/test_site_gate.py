@@ -132,6 +132,7 @@ def test_policy_parses_every_rule_and_the_template():
     ('[policy.data]\nsplit-fractions = [0.5, 0.5, 0.5]\n', ["split-fractions", "summing to 1"]),
     ('[policy.data]\nlabel-fraction = 0\n', ["label-fraction", "out of range"]),
     ('[policy\n', ["not valid TOML"]),
+    ('[data]\non-error = "raise"\n', ["['on-error'] in [data] are not read", "[policy.data]"]),
 ])
 def test_bad_policy_is_an_error_naming_the_file_and_key(tmp_path, text, words):
     _write_site(tmp_path, text)
@@ -144,7 +145,8 @@ def test_bad_policy_is_an_error_naming_the_file_and_key(tmp_path, text, words):
 
 # --- rules ------------------------------------------------------------------------------------------
 def test_every_path_typed_setting_is_found_and_refused():
-    assert gate.path_keys() == {"data.root", "model.weights", "init", "train.out_dir", "federation.run_dir"}
+    assert gate.path_keys() == {"data.root", "data.cache_dir", "model.weights", "init", "train.out_dir",
+                                "federation.run_dir"}
     overrides = ["data.root=/data", "model.weights=w.pt", "++init=ckpt.pt", "train.out_dir=out", "hydra.run.dir=x",
                  "hydra.searchpath=[file:///etc]", "task.label_key=../x", "data=camus", "train.lr=0.1",
                  "federation.run_dir=/coordinator/runs/r1", "task.classes=[A4C,A2C]"]
