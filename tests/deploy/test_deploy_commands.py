@@ -94,7 +94,7 @@ def test_supernode_command_and_node_config_as_flower_parses_them(fed, tmp_path):
         "coord.example:9200", "9500", "3")
     assert "--insecure" not in command
     parsed = parse_config_args([_flag(command, "--node-config")])
-    assert parsed == {"bundle-dir": str(fed.bundle("B")), "site": "B", "site-index": 1, "data-format": "camus", "data-root": str(data),
+    assert parsed == {"bundle-dir": str(bundle.path), "site": "B", "site-index": 1, "data-format": "camus", "data-root": str(data),
                       "state-dir": str(tmp_path / "state"), "device": "cuda"}
     with pytest.raises(ValueError, match="HOST:PORT"):
         supernode_command(bundle, superlink="coord.example", data_root=data, data_format="camus", state_dir=data)
