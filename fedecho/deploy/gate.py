@@ -38,6 +38,7 @@ from fedecho.deploy.signing import (
     load_public_key,
     verify_run_config,
 )
+from fedecho.federation.contract import ConfigKey
 from fedecho.federation.phases import Phase, plan_phases
 
 __all__ = ["Admitted", "Code", "SiteRefusal", "Verdict", "admit", "installed_app", "path_keys",
@@ -217,8 +218,10 @@ def _verify(bundle: Path, run_config: dict, verdict: Verdict) -> RunGrant:
     return grant
 
 
-def admit(run_config: dict, node_config: dict, phase: Phase, round_: int, verdict: Verdict) -> Admitted:
-    """Check one message to a deployed node (see the module doc); ``verdict`` records each step."""
+def admit(run_config: dict, node_config: dict, phase: Phase, round_: int, verdict: Verdict,
+          message_config: dict | None = None) -> Admitted:
+    """Check one message to a deployed node (see the module doc); ``verdict`` records each step.
+    ``message_config``: the message's config record, whose unsigned values must fit the signed run."""
     if not node_config.get("bundle-dir"):
         verdict.signature = "invalid"
         raise SiteRefusal(Code.SIGNATURE, "the site cannot verify runs: its node config has no bundle-dir (start "
@@ -247,9 +250,15 @@ def admit(run_config: dict, node_config: dict, phase: Phase, round_: int, verdic
         verdict.policy = f"refused: {rule}"
         raise SiteRefusal(Code.POLICY, f"refused run: site policy: {rule}", rule=f"site policy: {rule}")
     planned = {p.name: p for p in plan_phases(cfg)}
-    if planned.get(phase.name) != phase or not 0 <= round_ <= phase.rounds:
+    extra = message_config or {}
+    strategy = cfg.federation.strategy
+    mu = float(extra.get(ConfigKey.PROXIMAL_MU, 0.0))
+    if (planned.get(phase.name) != phase or not 0 <= round_ <= phase.rounds
+            or mu not in (0.0, strategy.proximal_mu if strategy.name == "fedprox" else 0.0)
+            or str(extra.get("split", "val")) not in ("val", "test")):
         verdict.policy = "refused: message not in the signed run"
-        raise SiteRefusal(Code.MESSAGE, f"message phase {phase} round {round_} is not in the signed run's plan "
+        raise SiteRefusal(Code.MESSAGE, f"message phase {phase} round {round_} (proximal-mu {mu}, split "
+                                        f"{extra.get('split')!r}) is not in the signed run's plan "
                                         f"{list(planned.values())}")
     verdict.policy = "allowed"
     return _site_config(cfg, policy, node_config, grant)

@@ -235,6 +235,10 @@ def test_foreign_app_and_message_outside_the_plan_are_refused(site, coordinator_
 
     greedy = dataclasses.replace(phases["adapt:view"], local_epochs=50)  # not what the grant says
     _refusal(site, signed, gate.Code.MESSAGE, tmp_path, message=_message(greedy, "train", {}, round_=1))
+    for bad in ({"round_": 3}, {ConfigKey.PROXIMAL_MU: 5.0}, {"split": "train"}):  # 2 rounds, fedavg, val/test
+        Path(site[1]["state-dir"], "audit.jsonl").unlink()
+        _refusal(site, signed, gate.Code.MESSAGE, tmp_path, message=_message(phases["adapt:view"], "train", {},
+                                                                             **{"round_": 1, **bad}))
 
 
 def test_policy_refusals_name_the_rule_and_never_the_path(site, coordinator_key, tmp_path, no_data):
