@@ -9,7 +9,8 @@ For every message to a deployed node (its node config names ``bundle-dir``):
    data roots): the coordinator's ``federation.run_dir`` alone passes, only to name the site's
    per-run state folder;
 4. the configuration composed from the grant alone (never from unsigned values) obeys the site's
-   policy (:mod:`fedecho.deploy.policy`), and the message's phase is one the signed run plans;
+   policy (:mod:`fedecho.deploy.policy`), and the message's unsigned instructions (phase, round,
+   local epochs/steps, lr, proximal-mu, split) are what the signed run plans;
 5. the site's own data settings (node config + ``[policy.data]``) replace the run's.
 
 A failed check raises :class:`SiteRefusal`: a code and a reason without site paths or ids (it is
