@@ -388,3 +388,20 @@ def test_id_fallback_reaches_the_dicom_reader(tmp_path):
     with pytest.raises(ValueError, match="data.format=dicom only"):
         DataConfig(format="camus", root=str(tmp_path), id_fallback=True)
     assert DataConfig(format="dicom", root=str(tmp_path), id_fallback=True).id_fallback
+
+
+def test_a_failing_mod_is_coded_and_audited_like_the_site_work(tmp_path):
+    """Mods run inside the site's handling: their exceptions leave as generic coded errors too."""
+    def leaky(message, context, call_next):
+        raise RuntimeError(f"cannot open {tmp_path}/patient0042_4CH_ED.nii.gz")
+
+    cfg, phases = _adapt_phase(TINY)
+    run_config = {"experiment": "federated", "overrides": shlex.join([*TINY, f"federation.run_dir={tmp_path / 'sim'}"])}
+    context = Context(run_id=7, node_id=1, node_config={"partition-id": 0, "num-partitions": 2}, state=RecordDict(),
+                      run_config={})
+    reply = build_app(run_config, mods=[leaky])(_message(phases["adapt:view"], "train", {}, round_=1), context)
+    assert reply.has_error() and reply.error.code == gate.Code.INTERNAL
+    assert reply.error.reason == "site error 4000: internal error at the site"
+    state = tmp_path / "sim" / "sites" / "site_0"
+    assert "patient0042" in (state / "site.log").read_text()
+    assert "patient0042" not in (state / "audit.jsonl").read_text()
