@@ -61,7 +61,8 @@ def site(tmp_path, coordinator_key, data_root):
 def _grant(overrides: list[str], run_dir: Path, **fields) -> RunGrant:
     return RunGrant(experiment=fields.pop("experiment", "federated"),
                     overrides=shlex.join([*overrides, f"federation.run_dir={run_dir}"]),
-                    app_id=fields.pop("app_id", gate.APP_ID), app_version=fields.pop("app_version", gate.installed_app()[1]),
+                    app_id=fields.pop("app_id", gate.APP_ID),
+                    app_version=fields.pop("app_version", gate.installed_app()[1]),
                     **fields)
 
 
