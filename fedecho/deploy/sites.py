@@ -78,7 +78,6 @@ superlink = {json.dumps(superlink)}
 # format = "camus"                  # camus | echonet-dynamic | echonet-lvh | tmed2 | dicom
 # root = "/data/camus"
 # state-dir = "/var/lib/fedecho-site"
-on-error = "skip"                   # skip bad items (counted, logged) | raise
 
 [policy]
 # What this site allows; a run that breaks a rule is refused with the rule's name.
@@ -89,7 +88,7 @@ dp-required = false
 
 [policy.data]
 # The site's own data settings; the coordinator's run config cannot change them.
-on-error = "skip"
+on-error = "skip"                   # skip bad items (counted, logged) | raise
 """
 
 
