@@ -212,7 +212,7 @@ def test_site_killed_mid_round_fails_clearly_when_min_sites_needs_it(federation,
 def test_site_killed_mid_round_run_completes_with_the_remaining_site(federation, sites, tmp_path):
     run_dir = tmp_path / "run"
     with _submit(federation, run_dir, "federation.adapt.rounds=1", "federation.strategy.min_sites=1",
-                 "federation.strategy.round_timeout=40", "federation.strategy.fraction_evaluate=0") as run:
+                 "federation.strategy.round_timeout=120", "federation.strategy.fraction_evaluate=0") as run:
         _kill_site_after_setup(run_dir, sites["B"], run)
         assert run.wait(timeout=RUN_TIMEOUT) == 0, run.tail()
     history = _history(run_dir)
