@@ -41,8 +41,9 @@ __all__ = ["RunOutcome", "Submission", "app_identity", "deployment_overrides", "
 SUBMISSION_FILE = "submission.json"
 _RUN_ID = re.compile(r"Successfully started run (\d+)")
 #: Log lines worth showing while following a run (the rest goes to coordinator.log only).
-_SHOWN = re.compile(r"^\[(setup|pretrain|adapt|evaluate)[^\]]*\]|^report: |^TensorBoard: |Traceback|Error\b|"
-                    r"ERROR|WARNING fedecho|Successfully started run|run finished in")
+_SHOWN = re.compile(r"^\s*(setup|pretrain|adapt|evaluate)\S*\s+(round \d+/\d+|final)\b|^▶ |^\| |^final evaluation|"
+                    r"^report: |^TensorBoard: |Traceback|Error\b|ERROR|WARNING fedecho|Successfully started run|"
+                    r"run finished in")
 
 
 @dataclass

@@ -86,7 +86,7 @@ def test_supernode_command_and_node_config_as_flower_parses_them(fed, tmp_path):
     data = tmp_path / "my data"  # a space in the path survives
     command = supernode_command(bundle, superlink="coord.example:9200", data_root=data, data_format="camus",
                                 state_dir=tmp_path / "state", port=9500, device="cuda", max_retries=3)
-    assert Path(command[0]).name == "flower-supernode"
+    assert command[1:6] == ["-m", "fedecho.deploy.supernode", "--idle-poll", "0.25", "--"]  # flower-supernode, prompt
     assert _flag(command, "--root-certificates") == str(bundle.path / "ca.pem")
     assert Path(_flag(command, "--root-certificates")).is_absolute()
     assert _flag(command, "--auth-supernode-private-key") == str(bundle.path / "site.key")
@@ -94,7 +94,7 @@ def test_supernode_command_and_node_config_as_flower_parses_them(fed, tmp_path):
         "coord.example:9200", "9500", "3")
     assert "--insecure" not in command
     parsed = parse_config_args([_flag(command, "--node-config")])
-    assert parsed == {"site": "B", "site-index": 1, "data-format": "camus", "data-root": str(data),
+    assert parsed == {"bundle-dir": str(bundle.path), "site": "B", "site-index": 1, "data-format": "camus", "data-root": str(data),
                       "state-dir": str(tmp_path / "state"), "device": "cuda"}
     with pytest.raises(ValueError, match="HOST:PORT"):
         supernode_command(bundle, superlink="coord.example", data_root=data, data_format="camus", state_dir=data)
