@@ -141,6 +141,9 @@ def test_full_run_over_tls_with_authenticated_sites(federation, sites, tmp_path)
     # each site kept its private state in its own folder, one per run
     for site in SITES:
         assert list((tmp_path / "sites" / site).glob("run-*/trainer_adapt_view.pt"))
+        # every message carried the coordinator's signature, verified at the site with its run_signing.pub
+        audit = [json.loads(line) for line in (tmp_path / "sites" / site / "audit.jsonl").read_text().splitlines()]
+        assert audit and {(e["signature"], e["policy"]) for e in audit} == {("valid", "allowed")}, audit[:2]
     print(f"2-round deployment run: {seconds:.1f} s")
 
 
