@@ -278,6 +278,36 @@ def test_fast_object_pulls_shortens_flowers_back_off_once():
     assert start_client_internal.time is time  # the SuperNode loop sleeps on the time module
 
 
+def _sleeper(seconds: float):
+    import sys
+
+    from fedecho.deploy.process import ManagedProcess
+
+    return ManagedProcess("sleeper", [sys.executable, "-c", f"import time; time.sleep({seconds})"])
+
+
+def test_supervise_restarts_a_dead_worker_then_gives_up_and_follows_the_supernode():
+    from fedecho.deploy.supernode import supervise
+
+    started, lines = [], []
+
+    def worker():
+        started.append(_sleeper(0.1))
+        return started[-1]
+
+    supernode = _sleeper(60)
+    status = supervise(supernode, worker, max_restarts=2, window_s=60, poll_s=0.05, say=lines.append)
+    assert status == 3 and len(started) == 3  # the first worker and two restarts
+    assert "starting a new one (restart 1 of at most 2" in lines[0] and "stopping the site" in lines[-1]
+    assert supernode.poll() is not None and all(w.poll() is not None for w in started)  # nothing left running
+
+    started.clear()
+    supernode = _sleeper(0.3)
+    assert supervise(supernode, lambda: started.append(_sleeper(60)) or started[-1], poll_s=0.05,
+                     say=lines.append) == 0
+    assert "the SuperNode exited with status 0" in lines[-1] and started[0].poll() is not None
+
+
 # --- real processes -------------------------------------------------------------------------------
 
 def _site_records(tmp_path, site: str) -> list[dict]:
