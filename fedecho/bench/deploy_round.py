@@ -11,11 +11,14 @@ round times from their ``history.json``; the row is the median deployed / simula
 rounds 2-3 (round 1 builds the model and loaders on either side). Repetitions alternate sides.
 
 Where a deployed round's time goes (details, medians over rounds 2-3 and both sites), from the
-sites' ``worker.jsonl``: ``queue_s`` (coordinator push -> SuperNode pull -> worker claim),
-``pull_s`` (the worker fetches task and message from its SuperNode), ``app_s`` (the ClientApp:
-training or evaluation), ``push_s`` (the reply back to the SuperNode), each summed over the
-round's train and evaluate messages of the slower site; ``coordinator_s`` is the rest of the
-round (the SuperNode's upload, the coordinator's pulls, validation, aggregation, checkpoint).
+sites' ``worker.jsonl``: ``queue_s`` (the coordinator creates the message -> the SuperNode sees
+it -> the worker claims it), ``pull_s`` (the message's tensors in transit: the coordinator
+uploads them to the SuperLink object by object, the SuperNode downloads them, the worker reads
+them from its SuperNode; the worker claims the task before the upload ends, so this is mostly
+Flower's transfer), ``app_s`` (the ClientApp: training or evaluation), ``push_s`` (the reply to
+the SuperNode), each summed over the round's train and evaluate messages of the slower site;
+``coordinator_s`` is the rest of the round (the reply's way SuperNode -> SuperLink ->
+coordinator, validation, aggregation, checkpoint).
 
 Full mode also measures the old path once: the same sites with Flower's stock per-message
 ``flwr-clientapp`` process (``--isolation subprocess``), the "before" number.
@@ -202,8 +205,9 @@ def run(options: BenchOptions) -> list[Row]:
                          "simulated_round_s": summarize(simulated).as_dict(), "breakdown": last,
                          "deployed_rounds_s": rounds_seen, "worker_pids": pids},
                 note=(f"deployed {statistics.median(deployed):.2f} s vs simulated {statistics.median(simulated):.2f} s "
-                      f"per round; a deployed round: queue {last['queue_s']} s, pull {last['pull_s']} s, app "
-                      f"{last['app_s']} s, push {last['push_s']} s, coordinator and transfer {last['coordinator_s']} s "
+                      f"per round; a deployed round: queue {last['queue_s']} s, tensors to the site {last['pull_s']} s, "
+                      f"app {last['app_s']} s, reply to the SuperNode {last['push_s']} s, reply to the coordinator "
+                      f"+ aggregation {last['coordinator_s']} s "
                       f"(slower site, train + evaluate); one worker process per site: {pids}")))
             if not options.quick:
                 stock_sites = federation.start_sites(superlink, warm=False, tag="stock")

@@ -308,6 +308,22 @@ def test_supervise_restarts_a_dead_worker_then_gives_up_and_follows_the_supernod
     assert "the SuperNode exited with status 0" in lines[-1] and started[0].poll() is not None
 
 
+def test_deploy_round_breakdown_by_hand():
+    from fedecho.bench.deploy_round import round_breakdown
+
+    def rec(round_, type_, waited, pull, app, push):
+        return {"round": str(round_), "type": type_, "waited_s": waited, "pull_s": pull, "app_s": app, "push_s": push}
+
+    records = {"A": [rec(1, "train", 9, 9, 9, 9), rec(2, "train", 1, 2, 3, 1), rec(2, "evaluate", 0, 1, 1, 0),
+                     rec(3, "train", 1, 1, 1, 1), rec(3, "evaluate", 1, 1, 1, 1), rec(3, "query", 50, 50, 50, 50)],
+               "B": [rec(2, "train", 1, 1, 1, 1), rec(2, "evaluate", 1, 1, 1, 1),
+                     rec(3, "train", 2, 2, 2, 2), rec(3, "evaluate", 1, 1, 1, 1)]}
+    # round 2: A 1+3+4+1 = 9 > B 8, so A: queue 1, pull 3, app 4, push 1; 12 s wall -> 3 s elsewhere
+    # round 3: B 12 > A 8 (the query is not a round message): queue 3, pull 3, app 3, push 3; 14 s -> 2 s
+    assert round_breakdown(records, {1: 40.0, 2: 12.0, 3: 14.0}) == {
+        "queue_s": 2.0, "pull_s": 3.0, "app_s": 3.5, "push_s": 2.0, "coordinator_s": 2.5}
+
+
 # --- real processes -------------------------------------------------------------------------------
 
 def _site_records(tmp_path, site: str) -> list[dict]:
