@@ -205,7 +205,8 @@ def run(options: BenchOptions) -> list[Row]:
                          "simulated_round_s": summarize(simulated).as_dict(), "breakdown": last,
                          "deployed_rounds_s": rounds_seen, "worker_pids": pids},
                 note=(f"deployed {statistics.median(deployed):.2f} s vs simulated {statistics.median(simulated):.2f} s "
-                      f"per round; a deployed round: queue {last['queue_s']} s, tensors to the site {last['pull_s']} s, "
+                      f"per round; a deployed round: queue {last['queue_s']} s, tensors to the site "
+                      f"{last['pull_s']} s, "
                       f"app {last['app_s']} s, reply to the SuperNode {last['push_s']} s, reply to the coordinator "
                       f"+ aggregation {last['coordinator_s']} s "
                       f"(slower site, train + evaluate); one worker process per site: {pids}")))

@@ -159,9 +159,10 @@ def _retry_invoker() -> Any:
 
 
 def _pull_input(client: Any) -> tuple[Any, Any, Any, float]:
-    """(message, context, run, seconds before the message's objects) of the claimed task. As Flower's ``pull_task_input``, but the
-    message's objects are polled every few tens of milliseconds: the SuperNode queues the task
-    before it has downloaded them, and Flower's 1 s, 2 s, 4 s back-off cost seconds per message."""
+    """(message, context, run, seconds until the message's tensors) of the claimed task. As
+    Flower's ``pull_task_input``, but the message's objects are polled every few tens of
+    milliseconds: the SuperNode queues the task before it has downloaded them, and Flower's
+    1 s, 2 s, 4 s back-off would cost seconds per message."""
     from flwr.app import Message
     from flwr.common.serde import context_from_proto, run_from_proto
     from flwr.proto.node_pb2 import Node

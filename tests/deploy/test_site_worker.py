@@ -75,7 +75,8 @@ class _RuntimeApi:
         metadata = Metadata(run_id=run_id, message_id="", src_node_id=1, dst_node_id=7, reply_to_message_id="",
                             group_id=str(round_), created_at=time.time(), ttl=3600, message_type=message_type)
         message = Message(metadata=metadata, content=RecordDict({"config": ConfigRecord({"round": round_})}))
-        self.state.create_task(task_type=TaskType.CLIENT_APP, run_id=run_id, fab_hash=self.state.get_run(run_id).fab_hash)
+        self.state.create_task(task_type=TaskType.CLIENT_APP, run_id=run_id,
+                               fab_hash=self.state.get_run(run_id).fab_hash)
         _insert_message(message, self.state, self.state.object_store)
 
     def replies(self) -> list[Message]:
