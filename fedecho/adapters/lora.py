@@ -24,6 +24,14 @@ Adapter tensors travel as :func:`lora_state_dict`: keys are ``<module path>.lora
 ``<module path>.lora_B.weight`` relative to the module passed in, without the adapter's name (the
 format of peft's ``get_peft_model_state_dict``), so a state dict from one site loads into the same
 backbone elsewhere, under any adapter name. :func:`load_lora_state_dict` is strict.
+
+Federated LoRA (:func:`configure_lora_aggregation`, ``federation.lora_aggregation``): averaging A
+and B separately (``fedavg``) gives the global update B̄·Ā, which is not the average of the sites'
+updates B_k·A_k. ``ffa`` (FFA-LoRA, Sun et al., ICLR 2024) freezes A at its seeded initialisation
+(the same at every site and at the coordinator: ``LoraConfig.seed``) and federates only B, so the
+averaged update B̄·A equals the average of the sites' B_k·A exactly (ΔW is linear in B).
+``fedsa`` (FedSA-LoRA, Guo et al., ICLR 2025) federates A and keeps B at each site: B never
+leaves the site, is saved with the site's own state, and each site evaluates its personal model.
 """
 
 from __future__ import annotations
@@ -39,20 +47,25 @@ from peft.tuners.lora import LoraLayer
 from peft.tuners.tuners_utils import check_target_module_exists
 from torch import Tensor, nn
 
-from fedecho.config.model import LoraConfig
+from fedecho.config.model import LORA_AGGREGATIONS, LoraConfig
 from fedecho.models.norm import freeze_batch_norms
 
 __all__ = [
     "AdapterStateError",
     "adapter_names",
     "apply_lora",
+    "LORA_AGGREGATIONS",
     "check_lora_targets",
     "compare_state_dicts",
+    "configure_lora_aggregation",
+    "lora_delta_weights",
     "load_lora_state_dict",
     "lora_parameters",
     "lora_state_dict",
     "set_active_adapter",
 ]
+
+_FACTOR = {"ffa": ".lora_A.", "fedsa": ".lora_B."}  # the factor that stays on the site
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -241,3 +254,42 @@ def load_lora_state_dict(model: nn.Module, state: Mapping[str, Tensor], adapter_
     with torch.no_grad():
         for key, parameter in targets.items():
             parameter.copy_(state[key].to(device=parameter.device, dtype=parameter.dtype))
+
+
+def configure_lora_aggregation(learner: nn.Module, mode: str) -> set[str]:
+    """Make a LoRA task learner federate its adapter by ``mode`` (one of :data:`LORA_AGGREGATIONS`);
+    returns the state-dict names kept on the site.
+
+    ``learner`` is a :class:`fedecho.engine.learners.TaskLearner` with ``encoder="lora"``; its
+    ``_local`` names (FedBN's site-local tensors) are never declared, so they never travel and are
+    saved with the site's state. ``ffa``: every ``lora_A`` is frozen (``requires_grad=False``) and
+    kept local (it stays at the seeded initialisation everywhere); only ``lora_B`` (and the head)
+    travel. ``fedsa``: every ``lora_B`` is kept local (trained, never sent); ``lora_A`` travels.
+    ``fedavg``: unchanged (A and B both travel and are averaged separately).
+    """
+    if mode not in LORA_AGGREGATIONS:
+        raise ValueError(f"federation.lora_aggregation={mode!r} is unknown; choose one of {', '.join(LORA_AGGREGATIONS)}")
+    if mode == "fedavg":
+        return set()
+    if getattr(learner, "encoder", None) != "lora" or not hasattr(learner, "_local"):
+        raise ValueError(f"federation.lora_aggregation={mode} needs encoder=lora (a LoRA adapter to federate); "
+                         f"set encoder=lora or federation.lora_aggregation=fedavg")
+    factor = _FACTOR[mode]
+    kept = {name for name in learner.state_dict() if factor in name}
+    if not kept:
+        raise ValueError(f"federation.lora_aggregation={mode}: the learner has no {factor.strip('.')} tensors")
+    if mode == "ffa":
+        for name, parameter in learner.named_parameters():
+            if factor in name:
+                parameter.requires_grad_(False)
+    learner._local = set(learner._local) | kept
+    return kept
+
+
+def lora_delta_weights(model: nn.Module, adapter_name: str) -> dict[str, Tensor]:
+    """``{module path: ΔW}``: each adapted layer's weight update ``(alpha / r) · B·A`` (peft's
+    ``get_delta_weight``; for a convolution the k×k kernel composed with the 1×1 B)."""
+    _require_adapter(model, adapter_name)
+    return {name: module.get_delta_weight(adapter_name).detach().cpu()
+            for name, module in model.named_modules()
+            if isinstance(module, LoraLayer) and adapter_name in module.lora_A}

@@ -1,1 +1,2 @@
-"""(filled in by its issue)"""
+"""Command-line front ends: ``fedecho`` (train, simulate, demo, data, report, bench),
+``fedecho-server`` (coordinator) and ``fedecho-client`` (site)."""

@@ -1,8 +1,10 @@
 """``fedecho-client``: a site operator's commands.
 
+  init    make the site's own key pair (site.key stays here; hand site.pub to the coordinator)
   check   the data preflight: what was found, what is unreadable, label counts (nothing is sent)
   start   join the federation: preflight, then the SuperNode with the site's bundle and the warm
           site worker that runs this site's installed FedEcho for every message (foreground)
+  audit   print the site's audit log: every message received and reply sent (what left the site)
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
+    init = sub.add_parser("init", help="make the site's key pair in a new site folder")
+    init.add_argument("--out", required=True, help="the site folder (site.key, mode 0600, and site.pub)")
+    init.add_argument("--name", required=True, help="the site's name, as the coordinator will register it")
+
     check = sub.add_parser("check", help="check a site's data before joining",
                            description="Exit status: 0 all items readable, 1 some problems (usable data "
                                        "remains), 2 no usable data.")
@@ -30,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--format", required=True, choices=_FORMATS)
     check.add_argument("--json", action="store_true", help="print one JSON object")
     check.add_argument("--shallow", action="store_true", help="headers and manifests only; do not decode pixels")
+    check.add_argument("--id-fallback", action="store_true",
+                       help="DICOM without PatientID/StudyInstanceUID/SOPInstanceUID: derive them as documented")
 
     start = sub.add_parser("start", help="join the federation (runs until Ctrl-C)")
     start.add_argument("--bundle", required=True, help="the site bundle folder from the coordinator")
@@ -46,13 +54,49 @@ def build_parser() -> argparse.ArgumentParser:
                        help="auto: the GPU when there is one")
     start.add_argument("--max-retries", type=int, default=None,
                        help="give up after this many failed connection attempts (default: retry forever)")
+
+    audit = sub.add_parser("audit", help="print the site's audit log (what left the site)",
+                           description="Each message the site received and each reply it sent: run, phase, "
+                                       "round, signature check, policy decision, tensors and metrics sent.")
+    where = audit.add_mutually_exclusive_group(required=True)
+    where.add_argument("--state-dir", help="the site's state folder (fedecho-client start --state-dir)")
+    where.add_argument("--bundle", help="the site folder: its site.toml state-dir, else <bundle>/state")
+    audit.add_argument("--run", type=int, default=None, help="only this Flower run id")
+    audit.add_argument("--tensors", action="store_true", help="one row per tensor sent or received")
+    audit.add_argument("--json", action="store_true", help="the raw JSON lines")
     return parser
+
+
+def _init(args: argparse.Namespace) -> int:
+    from fedecho.deploy.sites import init_site
+
+    pair = init_site(args.out, args.name)
+    print(f"site {args.name}: private key {pair.private} (mode 0600; it never leaves this machine)\n"
+          f"send {pair.public} to the coordinator; it runs `fedecho-server add-site --name {args.name} --key "
+          f"site.pub` and sends back a bundle: copy its files into {pair.private.parent}")
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    import json
+
+    from fedecho.deploy.audit import format_table, read_audit
+    from fedecho.deploy.policy import read_site_toml
+
+    state_dir = args.state_dir
+    if state_dir is None:
+        settings = read_site_toml(args.bundle)
+        data = settings.get("data", {}) if isinstance(settings.get("data"), dict) else {}
+        state_dir = data.get("state-dir") or settings.get("state-dir") or Path(args.bundle) / "state"
+    entries = [e for e in read_audit(state_dir) if args.run is None or e.get("run") == args.run]
+    print("\n".join(json.dumps(e) for e in entries) if args.json else format_table(entries, tensors=args.tensors))
+    return 0
 
 
 def _check(args: argparse.Namespace) -> int:
     from fedecho.data.check import check_data
 
-    report = check_data(args.format, args.data, deep=not args.shallow)
+    report = check_data(args.format, args.data, deep=not args.shallow, id_fallback=args.id_fallback)
     print(report.to_json() if args.json else report.format_text())
     if not report.usable:
         return 2
@@ -81,10 +125,10 @@ def _start(args: argparse.Namespace) -> int:
 
     bundle = load_bundle(args.bundle)
     folder, site, index = bundle_fields(bundle)
-    settings = bundle.settings
+    settings = bundle.data  # site.toml [data]
     superlink = args.superlink or bundle.superlink
-    data = args.data or settings.get("data-root")
-    fmt = args.format or settings.get("data-format")
+    data = args.data or settings.get("root")
+    fmt = args.format or settings.get("format")
     missing = [flag for flag, value in (("--superlink", superlink), ("--data", data), ("--format", fmt)) if not value]
     if missing:
         raise ValueError(f"give {', '.join(missing)} (or set them in {folder / 'site.toml'})")
@@ -127,7 +171,7 @@ def _start(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"check": _check, "start": _start}
+    handlers = {"init": _init, "check": _check, "start": _start, "audit": _audit}
     try:
         return int(handlers[args.command](args) or 0)
     except (ValueError, FileNotFoundError) as err:

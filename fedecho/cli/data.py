@@ -1,4 +1,4 @@
-"""``fedecho data synth`` and ``fedecho data check``."""
+"""``fedecho data synth``, ``fedecho data check`` and ``fedecho data cache-clear``."""
 
 from __future__ import annotations
 
@@ -32,7 +32,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     check.add_argument("--format", required=True, choices=DATA_FORMATS)
     check.add_argument("--json", action="store_true", help="print one JSON object")
     check.add_argument("--shallow", action="store_true", help="headers and manifests only; do not decode pixels")
+    check.add_argument("--id-fallback", action="store_true",
+                       help="DICOM without PatientID/StudyInstanceUID/SOPInstanceUID: derive them as documented")
     check.set_defaults(func=_check)
+
+    clear = data_sub.add_parser(
+        "cache-clear",
+        help="delete the site's decoded cache (it is rebuilt by the next training pass)",
+        description="Deletes only entries the decoded cache wrote (fedecho.data.cache).",
+    )
+    clear.add_argument("--dir", default=None,
+                       help="cache folder (default: $FEDECHO_CACHE/decoded; a deployed site: STATE_DIR/decoded, "
+                            "or the data.cache_dir it was given)")
+    clear.set_defaults(func=_cache_clear)
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -50,10 +62,19 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cache_clear(args: argparse.Namespace) -> int:
+    from fedecho.data.cache import clear_cache, default_cache_dir
+
+    folder = args.dir or str(default_cache_dir())
+    entries, freed = clear_cache(folder)
+    print(f"removed {entries} decoded item(s), {freed / 1e6:.1f} MB, from {folder}")
+    return 0
+
+
 def _check(args: argparse.Namespace) -> int:
     from fedecho.data.check import check_data
 
-    report = check_data(args.format, args.path, deep=not args.shallow)
+    report = check_data(args.format, args.path, deep=not args.shallow, id_fallback=args.id_fallback)
     print(report.to_json() if args.json else report.format_text(), file=sys.stdout)
     if not report.usable:
         return 2

@@ -33,6 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-root", default=None, help="the dataset folder for sizes that read real data")
     parser.add_argument("--cpus", type=int, default=None, help="CPUs Ray may use (default: all)")
     parser.add_argument("--cpus-per-site", type=float, default=1.0)
+    parser.add_argument("--verbose", dest="show_logs", action="store_true",
+                        help="show Flower's and the sites' logs on the terminal (always in RUN_DIR/flower.log)")
     parser.set_defaults(func=_simulate, accepts_overrides=True)
 
 
@@ -66,6 +68,7 @@ def _simulate(args: argparse.Namespace) -> int:
         return 0
     from fedecho.federation.simulation import simulate
 
-    result = simulate(args.experiment, args.overrides, cpus_per_site=args.cpus_per_site, total_cpus=args.cpus)
+    result = simulate(args.experiment, args.overrides, cpus_per_site=args.cpus_per_site, total_cpus=args.cpus,
+                      verbose=args.show_logs or args.verbose)
     print(f"simulation finished in {result['seconds']:.0f} s; run directory {result['run_dir']}")
     return 0

@@ -27,6 +27,9 @@ class PartitionConfig:
     """Quantile bins for a numeric label/attribute (e.g. age bands)."""
     min_patients: int = 2
     seed: int = 0
+    only_site: int | None = None
+    """Local-only arm: a one-site run (federation.num_sites=1) trains and validates on site k's
+    patients of this partition into ``num_sites`` sites; the test split stays pooled."""
 
     def __post_init__(self) -> None:
         methods = ("iid", "dirichlet", "attribute", "quantity", "natural")
@@ -40,6 +43,9 @@ class PartitionConfig:
             raise ValueError("partition.method=attribute needs partition.key (e.g. partition.key=scanner)")
         if self.alpha <= 0:
             raise ValueError(f"partition.alpha must be > 0, got {self.alpha}")
+        if self.only_site is not None and (self.num_sites < 2 or not 0 <= self.only_site < self.num_sites):
+            raise ValueError(f"partition.only_site={self.only_site} must be a site index of a "
+                             f"partition into partition.num_sites >= 2 sites (got num_sites={self.num_sites})")
 
     def options(self) -> dict:
         """Keyword options for :func:`fedecho.data.partition.partition_patients`."""
@@ -63,6 +69,9 @@ class DataConfig:
     """Data folder; None with format=synthetic generates the embedded demo data."""
     on_error: str = "skip"
     """raise: stop at bad input; skip: leave bad items out, counted and logged."""
+    id_fallback: bool = False
+    """DICOM: derive a missing PatientID (from StudyInstanceUID), StudyInstanceUID (folder) or
+    SOPInstanceUID (file path) instead of refusing the file; the data check counts them."""
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     """train/val/test fractions for patients the source gives no split."""
     split_seed: int = 0
@@ -74,6 +83,12 @@ class DataConfig:
     synthetic_style: str = "mixed"
     """format=synthetic: a scanner style name, or mixed (one per patient, in the scanner label)."""
     synthetic_image_size: int | None = None
+    cache: bool = True
+    """Decode each item once into a uint8 store at the training size (fedecho.data.cache); later
+    epochs, rounds and runs read it. ``fedecho data cache-clear`` empties it."""
+    cache_dir: str | None = None
+    """Where the decoded cache lives; None: the site's state directory when deployed, else
+    $FEDECHO_CACHE/decoded (~/.cache/fedecho/decoded)."""
     partition: PartitionConfig = field(default_factory=PartitionConfig)
 
     def __post_init__(self) -> None:
@@ -90,6 +105,8 @@ class DataConfig:
             raise ValueError(f"data.split_fractions must be 3 numbers summing to 1, got {self.split_fractions}")
         if self.format == "synthetic" and self.synthetic_format not in _FORMATS[:-1]:
             raise ValueError(f"data.synthetic_format must be one of {', '.join(_FORMATS[:-1])}")
+        if self.id_fallback and self.format != "dicom":
+            raise ValueError(f"data.id_fallback=true applies to data.format=dicom only (got {self.format})")
         if self.synthetic_patients < 1:
             raise ValueError("data.synthetic_patients must be >= 1")
         if not 0 < self.label_fraction <= 1:

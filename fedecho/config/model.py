@@ -16,6 +16,7 @@ __all__ = [
     "BACKBONE_NAMES",
     "NORM_KINDS",
     "WEIGHT_SUFFIXES",
+    "LORA_AGGREGATIONS",
     "BackboneConfig",
     "LoraConfig",
 ]
@@ -33,11 +34,16 @@ BACKBONE_NAMES: tuple[str, ...] = (
     "r2plus1d-tiny",
     "vit-s16",
     "vit-tiny",
+    "unet",
+    "unet-tiny",
 )
 
 #: Normalisation layers a CNN backbone can use. "group" (or "instance" / "layer") normalises each
 #: sample on its own, as DP-SGD needs; "batch" mixes the samples of a batch in training mode.
 NORM_KINDS: tuple[str, ...] = ("batch", "group", "instance", "layer")
+
+#: ``federation.lora_aggregation``: how sites federate a LoRA adapter (fedecho.adapters.lora).
+LORA_AGGREGATIONS: tuple[str, ...] = ("fedavg", "ffa", "fedsa")
 
 #: File suffixes :func:`fedecho.models.weights.read_state_dict` reads.
 WEIGHT_SUFFIXES: tuple[str, ...] = (".pt", ".pth", ".safetensors")
@@ -67,7 +73,8 @@ class BackboneConfig:
     Never a hub name: nothing is downloaded."""
     overrides: dict[str, Any] = field(default_factory=dict)
     """Size overrides: transformers config fields for Segformer / ViT (e.g. ``{"depths": [1, 1,
-    1, 1]}``), ``{"layers": [2, 2, 2, 2]}`` (blocks per stage) for the ResNets."""
+    1, 1]}``), ``{"layers": [2, 2, 2, 2]}`` (blocks per stage) for the ResNets, ``{"width": 32, "depth": 4}``
+    for the U-Net."""
     seed: int = 0
     """Seed of the random initialisation (the global torch generator is left untouched)."""
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from fedecho.config.data import DataConfig
 from fedecho.config.federation import FederationConfig
-from fedecho.config.model import BackboneConfig, LoraConfig
+from fedecho.config.model import LORA_AGGREGATIONS, BackboneConfig, LoraConfig
 from fedecho.config.ssl import SSLConfig
 from fedecho.config.task import TaskConfig
 from fedecho.config.train import TrainConfig
@@ -21,7 +21,6 @@ from fedecho.config.train import TrainConfig
 __all__ = ["RunConfig", "flatten", "from_dict", "to_dict", "unflatten"]
 
 _ENCODER_MODES = ("full", "lora", "frozen")
-_CONTRASTIVE = ("simclr", "multi_instance", "echoclr")
 
 
 @dataclass
@@ -50,17 +49,26 @@ class RunConfig:
             raise ValueError(f"encoder {self.encoder!r} is unknown; valid: {', '.join(_ENCODER_MODES)}")
         privacy = self.federation.privacy
         pretraining = self.mode == "pretrain" or self.federation.pretrain.rounds > 0
-        if privacy.mode == "sample" and pretraining and self.ssl.method in _CONTRASTIVE:
+        coupled = self.ssl.batch_coupled_parts() if privacy.mode == "sample" and pretraining else []
+        if coupled:
+            fix = "ssl.koleo_weight=0 ssl.centering=softmax, " if self.ssl.method == "dinov2" else ""
             raise ValueError(
-                f"privacy.mode=sample (DP-SGD) cannot protect {self.ssl.method} pretraining: its NT-Xent "
-                f"loss couples the samples of a batch. Use federation.privacy.mode=site (clipping and noise "
-                f"of site updates at the coordinator), or ssl.method=dino, or no pretraining phase"
+                f"privacy.mode=sample (DP-SGD) cannot protect {self.ssl.method} pretraining: its "
+                f"{' and '.join(coupled)} couples the samples of a batch. Use federation.privacy.mode=site "
+                f"(clipping and noise of site updates at the coordinator), or {fix}ssl.method=dino, or no "
+                f"pretraining phase"
             )
-        if privacy.mode == "sample" and self.model.norm == "batch" and self.model.name.startswith(("resnet", "r3d", "r2plus1d")):
+        if privacy.mode == "sample" and self.model.norm == "batch" and self.model.name.startswith(("resnet", "r3d", "r2plus1d", "unet")):
             raise ValueError(
                 "privacy.mode=sample (DP-SGD) with model.norm=batch: BatchNorm mixes samples; "
                 "set model.norm=group"
             )
+        aggregation = self.federation.lora_aggregation
+        if aggregation not in LORA_AGGREGATIONS:
+            raise ValueError(f"federation.lora_aggregation={aggregation!r} is unknown; valid: {', '.join(LORA_AGGREGATIONS)}")
+        if aggregation != "fedavg" and self.encoder != "lora":
+            raise ValueError(f"federation.lora_aggregation={aggregation} needs encoder=lora; set encoder=lora "
+                             f"or federation.lora_aggregation=fedavg")
 
     def task_config(self, name: str) -> TaskConfig:
         """The task config for ``name``: ``task`` itself, or ``task``'s shared settings under another name."""

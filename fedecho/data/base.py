@@ -84,8 +84,14 @@ class EchoReader(ABC):
                     log.warning("skipping %s", issue)
 
 
-def open_reader(fmt: str, root: str | Path, *, on_error: OnError = "raise") -> EchoReader:
-    """Build the reader registered for ``fmt`` (importing the built-in readers first)."""
+def open_reader(fmt: str, root: str | Path, *, on_error: OnError = "raise", id_fallback: bool = False) -> EchoReader:
+    """Build the reader registered for ``fmt`` (importing the built-in readers first).
+
+    ``id_fallback`` (DICOM only: the other formats take their ids from a manifest) derives missing
+    patient/study/instance ids as :mod:`fedecho.data.dicom` documents instead of refusing the file.
+    """
     import fedecho.data.readers  # noqa: F401  (registers the built-in formats)
 
-    return READERS.get(fmt)(root, on_error=on_error)
+    if id_fallback and fmt != "dicom":
+        raise ValueError(f"data.id_fallback applies to DICOM folders only (data.format={fmt})")
+    return READERS.get(fmt)(root, on_error=on_error, **({"id_fallback": True} if id_fallback else {}))

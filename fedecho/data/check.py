@@ -39,6 +39,8 @@ class CheckReport:
     splits: dict[str, int] = field(default_factory=dict)
     labels: dict[str, Any] = field(default_factory=dict)
     errors: list[dict[str, str]] = field(default_factory=list)
+    derived_ids: dict[str, int] = field(default_factory=dict)
+    """With id fallback (DICOM): how many files had each id derived instead of read."""
     deep: bool = True
     seconds: float = 0.0
 
@@ -65,6 +67,9 @@ class CheckReport:
                     f"  {key}: n {summary['n']}, min {summary['min']:.3g}, median {summary['median']:.3g}, "
                     f"max {summary['max']:.3g}"
                 )
+        if self.derived_ids:
+            derived = ", ".join(f"{k} for {n} file(s)" for k, n in sorted(self.derived_ids.items()))
+            lines.append(f"  ids derived (id fallback): {derived}")
         lines.append(f"  problems: {len(self.errors)}")
         lines += [f"    {e['path']}: {e['reason']}" for e in self.errors[:50]]
         if len(self.errors) > 50:
@@ -92,12 +97,13 @@ def summarise_labels(records: list[ItemRecord]) -> dict[str, Any]:
     return out
 
 
-def check_data(fmt: str, root: str | Path, *, deep: bool = True) -> CheckReport:
-    """Scan ``root`` as format ``fmt``, collect every problem, and summarise what is usable."""
+def check_data(fmt: str, root: str | Path, *, deep: bool = True, id_fallback: bool = False) -> CheckReport:
+    """Scan ``root`` as format ``fmt``, collect every problem, and summarise what is usable.
+    ``id_fallback``: derive missing DICOM ids (see :mod:`fedecho.data.dicom`); the report counts them."""
     start = time.perf_counter()
     report = CheckReport(format=fmt, root=str(root), deep=deep)
     try:
-        reader = open_reader(fmt, root, on_error="skip")
+        reader = open_reader(fmt, root, on_error="skip", id_fallback=id_fallback)
         scan = reader.scan()
     except EchoDataError as err:  # the root as a whole is unusable (no manifest, missing columns)
         report.errors = [asdict(issue) for issue in err.issues]
@@ -114,6 +120,7 @@ def check_data(fmt: str, root: str | Path, *, deep: bool = True) -> CheckReport:
                 issues.extend(err.issues)
             else:
                 good.append(record)
+    report.derived_ids = dict(getattr(reader, "derived_ids", {}))
     report.items = len(scan.records)
     report.readable_items = len(good)
     report.patients = len({r.patient_id for r in good})

@@ -106,6 +106,8 @@ class DicomReader(EchoReader):
         if split_conflicts not in ("issue", "majority"):
             raise ValueError(f"split_conflicts must be 'issue' or 'majority', got {split_conflicts!r}")
         self.id_fallback = id_fallback
+        #: with ``id_fallback``: how many files had each id derived at the last scan
+        self.derived_ids: dict[str, int] = {}
         self.split_conflicts = split_conflicts
         if labels_csv is None:
             default = self.root / "labels.csv"
@@ -121,6 +123,7 @@ class DicomReader(EchoReader):
         records: list[ItemRecord] = []
         issues: list[DataIssue] = []
         seen: dict[str, str] = {}
+        self.derived_ids = {}
         for path in _candidate_files(self.root):
             try:
                 record = self._header_record(path)
@@ -135,6 +138,9 @@ class DicomReader(EchoReader):
                 continue
             seen[record.item_id] = str(path)
             records.append(record)
+        if self.derived_ids:
+            log.warning("%s: ids derived (id_fallback): %s", self.root,
+                        ", ".join(f"{k} for {n} file(s)" for k, n in sorted(self.derived_ids.items())))
         if self.labels_csv is not None:
             records, label_issues = _apply_labels(self.root, self.labels_csv, records)
             issues += label_issues
@@ -151,12 +157,15 @@ class DicomReader(EchoReader):
         if missing and not self.id_fallback:
             raise EchoDataError.at(
                 path, f"missing {', '.join(missing)}; patient-level splits need them "
-                "(fix the export, or pass id_fallback=True to derive them as documented)",
+                "(fix the export, or derive them as documented: data.id_fallback=true, "
+                "--id-fallback on fedecho data check / fedecho-client check|start)",
             )  # fmt: skip
         study = ids["StudyInstanceUID"] or (rel.parent.as_posix() or ".")
         patient = ids["PatientID"] or ids["StudyInstanceUID"]
         if not patient:
             raise EchoDataError.at(path, "missing PatientID and StudyInstanceUID; no patient id can be derived")
+        for key in missing:
+            self.derived_ids[key] = self.derived_ids.get(key, 0) + 1
         return ItemRecord(
             source=self.format, patient_id=patient, study_id=study, item_id=ids["SOPInstanceUID"] or rel.as_posix(),
             path=str(path), labels=_header_labels(ds), files={"dicom": str(path)},

@@ -14,11 +14,19 @@ One record per video; patient = study = item = the FileName stem (one video per 
 ``ef``, ``edv``, ``esv``, ``fps``, ``mask_frames`` (the traced frames, ascending) and
 ``ed_frame``/``es_frame`` (the traced frame with the larger / smaller LV area); the loaded sample
 adds ``mask`` (K, H, W), label 1 = LV cavity, one per entry of ``mask_frames``.
+
+**EF-only exports.** Without ``VolumeTracings.csv`` (an export of FileList.csv and Videos/ only)
+every listed video is still read, with ``ef``, ``edv``, ``esv`` and ``fps``: the tasks that need no
+tracings (EF and volume regression, clips for self-supervised pretraining) work; the tasks that
+need them (``lv_seg``, and anything keyed on ``ed_frame``/``es_frame``/``mask_frames``) find no
+examples. The reader says so once in the log. With the file present, a video without two traced
+frames is an issue, as before.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -31,6 +39,8 @@ from fedecho.data.errors import EchoDataError
 from fedecho.data.geometry import mask_from_tracings, polygon_from_tracings, tracings_from_mask
 from fedecho.data.schema import DataIssue, ItemRecord, Sample, ScanResult
 from fedecho.data.video import read_avi, write_avi
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "FILELIST_COLUMNS",
@@ -84,8 +94,14 @@ class EchoNetDynamicReader(EchoReader):
         rows = read_csv_rows(filelist, FILELIST_COLUMNS, "EchoNet-Dynamic FileList")
         tracing_path = self.root / "VolumeTracings.csv"
         issues: list[DataIssue] = []
-        tracings = self._read_tracings(tracing_path, issues)
-        self._tracing_cache[str(tracing_path)] = tracings
+        traced = tracing_path.is_file()
+        if traced:
+            tracings = self._read_tracings(tracing_path, issues)
+            self._tracing_cache[str(tracing_path)] = tracings
+        else:
+            tracings = {}
+            log.info("%s has no VolumeTracings.csv: reading an EF-only export (ef, edv, esv, clips); "
+                     "lv_seg and ED/ES-frame tasks need the tracings", self.root)
         records: list[ItemRecord] = []
         seen: set[str] = set()
         for line, row in enumerate(rows, start=2):
@@ -96,7 +112,8 @@ class EchoNetDynamicReader(EchoReader):
                 continue
             seen.add(stem)
             try:
-                record = self._record(row, stem, tracings.get(stem, {}), where, tracing_path)
+                record = self._record(row, stem, tracings.get(stem, {}), where,
+                                      tracing_path if traced else None)
             except EchoDataError as err:
                 issues.extend(err.issues)
                 continue
@@ -106,7 +123,8 @@ class EchoNetDynamicReader(EchoReader):
         return ScanResult(records, issues)
 
     def _record(self, row: dict[str, str], stem: str, traces: dict[int, np.ndarray],
-                where: str, tracing_path: Path) -> ItemRecord:
+                where: str, tracing_path: Path | None) -> ItemRecord:
+        """One FileList row; ``tracing_path`` is None for an EF-only export (no tracings)."""
         try:
             ef, esv, edv, fps = (float(row[k]) for k in ("EF", "ESV", "EDV", "FPS"))
             _height, _width, n_frames = (int(float(row[k])) for k in
@@ -121,6 +139,11 @@ class EchoNetDynamicReader(EchoReader):
             raise EchoDataError.at(video, f"{stem}: video listed in FileList.csv does not exist")
         if video.stat().st_size == 0:
             raise EchoDataError.at(video, f"{stem}: video file is empty (0 bytes)")
+        if tracing_path is None:
+            return ItemRecord(source=self.format, patient_id=stem, study_id=stem, item_id=stem,
+                              path=str(video), split=split,
+                              labels={"ef": ef, "edv": edv, "esv": esv, "fps": fps},
+                              files={"video": str(video)})
         if len(traces) < 2:
             raise EchoDataError.at(tracing_path, f"{stem}.avi has {len(traces)} traced frame(s); "
                                    f"2 (ED and ES) are needed")
@@ -158,7 +181,9 @@ class EchoNetDynamicReader(EchoReader):
                 for stem, frames in grouped.items()}
 
     def _traces_of(self, record: ItemRecord) -> dict[int, np.ndarray]:
-        path = record.files["tracings"]
+        path = record.files.get("tracings")
+        if path is None:  # EF-only export
+            return {}
         if path not in self._tracing_cache:
             self._tracing_cache[path] = self._read_tracings(Path(path), [])
         return self._tracing_cache[path].get(record.item_id, {})
@@ -166,7 +191,7 @@ class EchoNetDynamicReader(EchoReader):
     def load(self, record: ItemRecord) -> Sample:
         """Decode the whole video (T, H, W) and draw its traced masks (K, H, W)."""
         frames, _ = read_avi(record.files["video"])
-        beyond = [f for f in record.labels["mask_frames"] if f >= len(frames)]
+        beyond = [f for f in record.labels.get("mask_frames", ()) if f >= len(frames)]
         if beyond:
             raise EchoDataError.at(record.files["video"], f"{record.item_id}: traced frame(s) "
                                    f"{beyond} beyond the {len(frames)} decodable frames")
@@ -189,6 +214,10 @@ class EchoNetDynamicReader(EchoReader):
         labels = clip_labels(record.labels, indices)
         traces = self._traces_of(record)
         shape = frames.shape[1:]
+        if "mask_frames" not in labels:  # EF-only export: no tracings, no masks
+            sample = Sample.from_record(record, frames, fps=record.labels["fps"])
+            sample.labels = labels
+            return sample
         try:
             masks = [mask_from_tracings(traces[indices[pos]], shape) for pos in labels["mask_frames"]]
         except (KeyError, ValueError) as err:

@@ -73,8 +73,13 @@ def build_task_learner(
     with torch.random.fork_rng():  # the head's initialisation: the same on every site
         torch.manual_seed(cfg.model.seed + 1)
         head = task.build_head(backbone)
-    return TaskLearner(backbone, task, head, encoder=cfg.encoder,
-                       local_norms=cfg.federation.strategy.local_norms)
+    learner = TaskLearner(backbone, task, head, encoder=cfg.encoder,
+                          local_norms=cfg.federation.strategy.local_norms)
+    if cfg.encoder == "lora":  # which LoRA factors travel (fedecho.adapters.lora)
+        from fedecho.adapters.lora import configure_lora_aggregation
+
+        configure_lora_aggregation(learner, cfg.federation.lora_aggregation)
+    return learner
 
 
 def build_pretrain_learner(cfg: RunConfig) -> PretrainLearner:

@@ -113,11 +113,14 @@ def load_site(
         fmt, root = cfg.synthetic_format, synthetic_root(cfg)
     else:
         fmt, root = cfg.format, Path(cfg.root)
-    reader = open_reader(fmt, root, on_error=cfg.on_error)
+    reader = open_reader(fmt, root, on_error=cfg.on_error, id_fallback=cfg.id_fallback)
     simulated = site is not None and num_sites > 1
     records, issues, partition = _split_and_partition(reader, cfg, num_sites if simulated else 1)
     if simulated:
         records = partition.site_records(site, records)
+    elif cfg.partition.only_site is not None:  # local-only arm: one site's patients, pooled test split
+        members = set(_split_and_partition(reader, cfg, cfg.partition.num_sites)[2].sites[cfg.partition.only_site])
+        records = [r for r in records if r.split == "test" or r.patient_id in members]
     by_split = split_records(records)
     train = by_split["train"]
     if fraction_of_train and cfg.label_fraction < 1:
@@ -136,8 +139,8 @@ def _split_and_partition(reader: EchoReader, cfg: DataConfig,
     """Scan, split and partition once per process and dataset: a simulation worker serves many
     virtual sites of one dataset, and re-scanning it for each would make a round quadratic in the
     number of sites."""
-    key = (reader.format, str(reader.root.resolve()), cfg.on_error, tuple(cfg.split_fractions), cfg.split_seed,
-           repr(cfg.partition), num_sites)
+    key = (reader.format, str(reader.root.resolve()), cfg.on_error, cfg.id_fallback, tuple(cfg.split_fractions),
+           cfg.split_seed, repr(cfg.partition), num_sites)
     if key not in _SPLIT_CACHE:
         scan = reader.scan()
         records = assign_splits(scan.records, fractions=cfg.split_fractions, seed=cfg.split_seed)
@@ -225,9 +228,10 @@ class PretrainDataset(Dataset):
 
 
 def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int, collate: Callable,
-                num_workers: int = 0, drop_last: bool = False) -> DataLoader:
-    """A DataLoader with a seeded shuffle (deterministic for ``seed``)."""
+                num_workers: int = 0, drop_last: bool = False, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader with a seeded shuffle (deterministic for ``seed``); workers are persistent."""
     generator = torch.Generator()
     generator.manual_seed(int(hashlib.sha256(f"loader-{seed}".encode()).hexdigest()[:8], 16))
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator,
-                      num_workers=num_workers, drop_last=drop_last, persistent_workers=num_workers > 0)
+                      num_workers=num_workers, drop_last=drop_last, persistent_workers=num_workers > 0,
+                      pin_memory=pin_memory)

@@ -1,5 +1,13 @@
 """Read an experiment's arms back from their run directories and write the result table:
-published · pooled · federated · federated / pooled (``results.md`` + ``results.json``)."""
+published · local-only (mean and worst site) · federated · pooled · federated / pooled
+(``results.md`` + ``results.json``).
+
+Local-only mean: the mean over the sites' local models of the metric on the pooled test split; its
+95 % interval resamples test patients jointly for all sites (the same draw for every site's model),
+which is exact for metrics that are means over items (Dice, MAE); for other metrics (accuracy,
+AUROC) the row gives the mean without an interval. Worst site: the site whose model scores worst
+(metric direction from fedecho.tasks.selection), with that model's own interval.
+"""
 
 from __future__ import annotations
 
@@ -30,9 +38,18 @@ class ArmResult:
     rounds: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
+    round_bytes_sent: float = 0.0
+    round_bytes_received: float = 0.0
+    """Mean bytes of one training round: coordinator -> sites, sites -> coordinator (all sites)."""
     encoder: str | None = None
     setting: str | None = None
     fraction: float | None = None
+    site: int | None = None
+    """Local-only arms: the site (of the partition) that trained alone."""
+    local_of: str | None = None
+    """Local-only arms: the federated arm whose partition gave the site its patients."""
+    partition: str | None = None
+    """Federated and local-only arms: the partition the sites come from (equal = same sites)."""
 
     def value(self, task: str, metric: str) -> float:
         central, sites = self.central.get(task, {}), self.sites.get(task, {})
@@ -55,6 +72,7 @@ def collect_arm(exp: Experiment, arm: str, run_dir: Path, *, wall_seconds: float
         wall_seconds, coordinator_cpu = saved["wall_seconds"], saved["coordinator_cpu"]
     else:
         timing.write_text(json.dumps({"wall_seconds": wall_seconds, "coordinator_cpu": coordinator_cpu}))
+    training = [r for r in records if r.phase.startswith(("adapt:", "pretrain"))]
     site_cpu = sum(values.get("cpu-seconds", 0.0) for r in records for values in r.sites_train.values())
     result = ArmResult(
         arm=arm, run_dir=str(run_dir), central={t: dict(r.central) for t, r in final.items()},
@@ -62,10 +80,16 @@ def collect_arm(exp: Experiment, arm: str, run_dir: Path, *, wall_seconds: float
         wall_seconds=wall_seconds, cpu_seconds=site_cpu + coordinator_cpu,
         rounds=sum(1 for r in records if r.phase.startswith(("adapt:", "pretrain"))),
         bytes_sent=sum(r.bytes_sent for r in records), bytes_received=sum(r.bytes_received for r in records),
+        round_bytes_sent=_mean([r.bytes_sent for r in training]),
+        round_bytes_received=_mean([r.bytes_received for r in training]),
         **extra,
     )
     result.ci = {task: _intervals(run_dir / "predictions" / f"{task}.npz") for task in exp.tasks}
     return result
+
+
+def _mean(values: list[float]) -> float:
+    return float(sum(values) / len(values)) if values else 0.0
 
 
 def _intervals(path: Path) -> dict[str, list[float]]:
@@ -100,7 +124,8 @@ def _with_ci(arm: ArmResult, task: str, metric: str) -> str:
 
 
 def experiment_rows(exp: Experiment, results: dict[str, ArmResult]) -> list[dict[str, Any]]:
-    """One row per target and federated arm: published · pooled · federated · federated / pooled."""
+    """One row per target and federated arm: published · local-only (mean, worst site) · federated ·
+    pooled · federated / pooled."""
     if any(r.fraction is not None for r in results.values()):
         pairs = []
         for target in exp.targets:
@@ -108,30 +133,96 @@ def experiment_rows(exp: Experiment, results: dict[str, ArmResult]) -> list[dict
             fractions = sorted({r.fraction for r in results.values() if r.fraction is not None})
             nearest = min(fractions, key=lambda f: abs(math.log(f) - math.log(goal)))
             encoder = next(iter(exp.encoders))
+            local = [r for r in results.values() if r.setting == "local" and r.encoder == encoder and r.fraction == nearest]
             pairs.append((target, f"{encoder}, {nearest * 100:g} % labels", results.get(f"{encoder}-pooled-{nearest:g}"),
-                          results.get(f"{encoder}-federated-{nearest:g}")))
+                          results.get(f"{encoder}-federated-{nearest:g}"), local))
     else:
-        pairs = [(target, arm, results.get("pooled"), result) for target in exp.targets
-                 for arm, result in results.items() if arm != "pooled"]
+        pairs = [(target, arm, results.get("pooled"), result,
+                  [r for r in results.values() if r.local_of is not None and r.partition == result.partition])
+                 for target in exp.targets for arm, result in results.items()
+                 if arm != "pooled" and result.local_of is None]
     rows = []
-    for target, name, pooled, federated in pairs:
+    for target, name, pooled, federated, local in pairs:
         p = pooled.value(target.task, target.metric) if pooled else math.nan
         f = federated.value(target.task, target.metric) if federated else math.nan
+        mean, mean_text, worst, worst_text = local_summary(local, target.task, target.metric)
         rows.append({"experiment": exp.name, "arm": name, "task": target.task, "metric": target.metric,
-                     "published": target.published.value, "pooled": p, "federated": f,
+                     "published": target.published.value, "local_mean": mean, "local_worst": worst,
+                     "local_sites": len(local), "pooled": p, "federated": f,
                      "ratio": f / p if p and not math.isnan(p) else math.nan,
-                     "published_text": _fmt(target.published.value),
+                     "published_text": _fmt(target.published.value), "local_mean_text": mean_text,
+                     "local_worst_text": worst_text,
                      "pooled_text": _with_ci(pooled, target.task, target.metric) if pooled else "n/a",
                      "federated_text": _with_ci(federated, target.task, target.metric) if federated else "n/a"})
     return rows
 
 
+def local_summary(local: list[ArmResult], task: str, metric: str) -> tuple[float, str, float, str]:
+    """(mean, its text with interval, worst site's value, its text) over local-only arms."""
+    if not local:
+        return math.nan, "n/a", math.nan, "n/a"
+    from fedecho.tasks.selection import metric_direction
+
+    values = [arm.value(task, metric) for arm in local]
+    mean = float(sum(values) / len(values))
+    try:
+        pick = min if metric_direction(metric) == "max" else max
+    except ValueError:
+        pick = min
+    worst = pick(range(len(local)), key=lambda i: values[i] if not math.isnan(values[i]) else -math.inf)
+    mean_text = _fmt(mean)
+    interval = _joint_interval([Path(a.run_dir) / "predictions" / f"{task}.npz" for a in local], metric)
+    if interval is not None:
+        mean_text += f" ({interval[0]:.3f}–{interval[1]:.3f})"
+    site = local[worst].site
+    worst_text = _with_ci(local[worst], task, metric) + (f" [site {site}]" if site is not None else "")
+    return mean, mean_text, values[worst], worst_text
+
+
+def _joint_interval(paths: list[Path], metric: str) -> tuple[float, float] | None:
+    """Bootstrap interval of the mean over models of a per-item-mean metric: each test item's value
+    is averaged over the models (same items, same order), then patients are resampled once."""
+    if not paths or not all(p.is_file() for p in paths):
+        return None
+    import numpy as np
+
+    from fedecho.report.bootstrap import prediction_cis
+    from fedecho.report.predictions import Predictions, load_predictions
+
+    files = [load_predictions(p) for p in paths]
+    kind, first = files[0].kind, files[0]
+    patients = first.get("patients")
+    if any(f.kind != kind or (patients is not None and not np.array_equal(f.get("patients"), patients)) for f in files):
+        return None
+    extra = {"patients": patients} if patients is not None else {}
+    if kind == "segmentation" and all("sample_dice" in f for f in files):
+        if any(f["sample_dice"].shape != first["sample_dice"].shape for f in files):
+            return None
+        arrays = {"images": first["images"], "masks": first["masks"], "pred_masks": first["pred_masks"],
+                  "sample_dice": np.mean([f["sample_dice"] for f in files], axis=0),
+                  "structure_names": first["structure_names"], **extra}
+    elif kind == "regression":
+        if any(f["targets"].shape != first["targets"].shape for f in files):
+            return None
+        errors = np.mean([np.abs(f["preds"].astype(np.float64) - f["targets"]) for f in files], axis=0)
+        # |preds - targets| of this file is the mean absolute error of the models, item by item
+        arrays = {"preds": first["targets"] + errors, "targets": first["targets"], **extra}
+        if "quantities" in first:
+            arrays["quantities"] = first["quantities"]
+    else:
+        return None
+    cis = prediction_cis(Predictions(first.name, kind, arrays))
+    key = _ci_key(metric, cis)
+    return (cis[key][1], cis[key][2]) if key else None
+
+
 def summary_table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| experiment | arm | task | metric | published | pooled | federated | federated / pooled |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| experiment | arm | task | metric | published | local-only mean | local-only worst | federated | pooled "
+             "| federated / pooled |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['experiment']} | {r['arm']} | {r['task']} | {r['metric']} | {r['published_text']} | "
-                     f"{r['pooled_text']} | {r['federated_text']} | {_fmt(r['ratio'])} |")
+                     f"{r.get('local_mean_text', 'n/a')} | {r.get('local_worst_text', 'n/a')} | "
+                     f"{r['federated_text']} | {r['pooled_text']} | {_fmt(r['ratio'])} |")
     return lines
 
 
@@ -148,19 +239,23 @@ def write_results(exp: Experiment, size: str, out: Path, results: dict[str, ArmR
         pub = target.published
         lines.append(f"- {target.task}: {pub.metric} {_fmt(pub.value)} — {pub.source}."
                      + (f" {pub.note}" if pub.note else ""))
-    lines += ["", *summary_table(rows), "", "## Arms", "",
-              "CPU time: the sites' training rounds (all threads) plus the coordinator process.", ""]
+    lines += ["", *summary_table(rows), "",
+              "Local-only: each site trains alone on its own patients (same rounds × epochs), tested on the pooled "
+              "test split; mean over sites (interval: patients resampled jointly for all sites) and the worst site.",
+              "", "## Arms", "",
+              "CPU time: the sites' training rounds (all threads) plus the coordinator process. "
+              "kB / round: one training round's bytes, coordinator to all sites · all sites to coordinator.", ""]
     for target in exp.targets:
         metrics = [target.metric, *[m for m in target.report_metrics if m != target.metric]]
         lines += [f"### {target.task}", "",
-                  "| arm | " + " | ".join(metrics) + " | CPU min | wall min | MB sent | report |",
-                  "|---|" + "---|" * (len(metrics) + 4)]
+                  "| arm | " + " | ".join(metrics) + " | CPU min | wall min | MB sent | kB / round (down · up) | report |",
+                  "|---|" + "---|" * (len(metrics) + 5)]
         for name, arm in results.items():
             report = Path(arm.run_dir) / "report" / "report.md"
             link = f"[report]({report.relative_to(out)})" if report.is_file() else "-"
             lines.append(f"| {name} | " + " | ".join(_with_ci(arm, target.task, m) for m in metrics)
                          + f" | {arm.cpu_seconds / 60:.1f} | {arm.wall_seconds / 60:.1f} | "
-                         f"{arm.bytes_sent / 1e6:.1f} | {link} |")
+                         f"{arm.bytes_sent / 1e6:.1f} | {arm.round_bytes_sent / 1e3:.1f} · {arm.round_bytes_received / 1e3:.1f} | {link} |")
         lines.append("")
     if any(r.fraction is not None for r in results.values()):
         for target in exp.targets:
@@ -175,7 +270,7 @@ def _fraction_section(exp: Experiment, target: Target, out: Path, results: dict[
 
     rows = []
     for arm in results.values():
-        if arm.fraction is None:
+        if arm.fraction is None or arm.setting == "local":
             continue
         ci = arm.ci.get(target.task, {})
         key = _ci_key(target.metric, ci)

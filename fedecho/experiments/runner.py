@@ -1,5 +1,13 @@
-"""Run one reproduction experiment: the pooled arm and every federated arm (and, for label-fraction
-experiments, each encoder arm at each fraction), then collect one table row per federated arm.
+"""Run one reproduction experiment: the pooled arm, every federated arm and the local-only arms
+(and, for label-fraction experiments, each encoder arm at each fraction), then collect one table
+row per federated arm.
+
+Local-only arms: for each distinct partition of the federated arms run, one one-site run per site
+(``local-<first federated arm with that partition>-<k>``) that trains and validates on site k's
+patients of exactly that partition alone (``data.partition.only_site=k``), for the same rounds ×
+local epochs, and is tested on the pooled test split like every other arm. A one-site Flower
+simulation (not a separate ``fedecho train``) so that the optimiser, schedule, evaluation and CPU
+accounting are those of the pooled and federated arms; only the data differs.
 
 Every arm is a Flower simulation of the experiment's config (:func:`fedecho.federation.simulation.
 simulate`), in its own run directory under ``OUT/<arm>``. An arm whose run directory already holds a
@@ -18,13 +26,17 @@ from typing import Any
 from fedecho.experiments.results import ArmResult, collect_arm, write_results
 from fedecho.experiments.spec import Experiment
 
-__all__ = ["POOLED", "arm_overrides", "run_experiment"]
+__all__ = ["LOCAL", "POOLED", "arm_overrides", "local_arms", "run_experiment"]
 
 log = logging.getLogger(__name__)
 
 #: overrides that turn any federated arm into the pooled (one-site) arm
 POOLED = ["federation.num_sites=1", "federation.strategy.name=fedavg", "federation.strategy.min_sites=1",
-          "federation.strategy.local_norms=false", "data.partition.method=iid"]
+          "federation.strategy.local_norms=false", "federation.lora_aggregation=fedavg", "data.partition.method=iid"]
+#: overrides that turn a federated arm into the local-only run of one of its sites (+ the partition's
+#: num_sites and only_site): one site, and a single update is its own average under any aggregation
+LOCAL = ["federation.num_sites=1", "federation.strategy.name=fedavg", "federation.strategy.min_sites=1",
+         "federation.strategy.local_norms=false", "federation.lora_aggregation=fedavg", "federation.central_eval=true"]
 
 
 def _repo_root() -> Path:
@@ -57,6 +69,37 @@ def arm_overrides(exp: Experiment, size: str, arm: str, *, data_root: str | None
     if arm not in exp.federated:
         raise ValueError(f"experiment {exp.name} has no arm {arm!r}; arms: pooled, {', '.join(exp.federated)}")
     return [*base, *exp.federated[arm], *(extra or [])]
+
+
+def local_arms(exp: Experiment, size: str, federated: list[str], *, data_root: str | None = None,
+               extra: list[str] | None = None, encoder: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """The local-only arms of ``federated`` arms: ``{name: {"of": arm, "site": k, "partition": key,
+    "overrides": [...]}}``, one per site of each distinct partition (arms sharing a partition share
+    its local arms; they are named after the first)."""
+    from fedecho.config.compose import compose_run_config
+
+    out: dict[str, dict[str, Any]] = {}
+    seen: set[str] = set()
+    for arm in federated:
+        overrides = arm_overrides(exp, size, arm, data_root=data_root, extra=extra)
+        cfg = compose_run_config([*overrides, *(encoder or [])], config_name=exp.config)
+        key = partition_key(cfg)
+        if key in seen:
+            continue
+        seen.add(key)
+        n = cfg.federation.num_sites
+        for k in range(n):
+            out[f"local-{arm}-{k}"] = {"of": arm, "site": k, "partition": key, "overrides": [
+                *overrides, *LOCAL, f"data.partition.num_sites={n}", f"data.partition.only_site={k}"]}
+    return out
+
+
+def partition_key(cfg: Any) -> str:
+    """The partition a run's sites come from (arms with equal keys have the same sites)."""
+    import dataclasses
+
+    partition = dataclasses.replace(cfg.data.partition, num_sites=cfg.federation.num_sites, only_site=None)
+    return f"{partition!r} label_fraction={cfg.data.label_fraction}"
 
 
 def _finished(run_dir: Path, tasks: list[str]) -> bool:
@@ -127,6 +170,8 @@ def run_experiment(exp: Experiment, size: str = "smoke", *, out: str | Path | No
                    cpus: int | None = None, cpus_per_site: float = 1.0, first_arm: bool = False) -> dict[str, Any]:
     """Run ``exp`` at ``size``; returns the results written to ``OUT/results.json`` (+ results.md).
     ``first_arm``: only the pooled arm and the first federated arm (CI's smoke runs)."""
+    from fedecho.config.compose import compose_run_config
+
     out = Path(out or Path("runs") / "experiments" / exp.name / size).resolve()
     out.mkdir(parents=True, exist_ok=True)
     init = _pretext(exp, size, out)
@@ -136,37 +181,53 @@ def run_experiment(exp: Experiment, size: str = "smoke", *, out: str | Path | No
         results = _fraction_arms(exp, size, out, data_root=data_root, extra=[*init_override, *(extra or [])],
                                  cpus=cpus, cpus_per_site=cpus_per_site, only=arms)
     else:
-        wanted = arms or ["pooled", *list(exp.federated)[:1 if first_arm else None]]
+        federated = [a for a in exp.federated if not arms or a in arms][:1 if first_arm else None]
+        locals_ = local_arms(exp, size, list(exp.federated) if arms else federated, data_root=data_root, extra=extra)
+        wanted = arms or ["pooled", *federated, *locals_]
+        unknown = [a for a in wanted if a != "pooled" and a not in exp.federated and a not in locals_]
+        if unknown:
+            raise ValueError(f"experiment {exp.name} has no arm(s) {', '.join(unknown)}; arms: pooled, "
+                             f"{', '.join([*exp.federated, *locals_])}")
         for arm in wanted:
-            overrides = [*arm_overrides(exp, size, arm, data_root=data_root, extra=extra), *init_override]
+            local = locals_.get(arm)
+            overrides = [*(local["overrides"] if local else arm_overrides(exp, size, arm, data_root=data_root,
+                                                                          extra=extra)), *init_override]
             run_dir = out / arm
             wall, cpu = _simulate(exp, overrides, run_dir, cpus=cpus, cpus_per_site=cpus_per_site)
-            results[arm] = collect_arm(exp, arm, run_dir, wall_seconds=wall, coordinator_cpu=cpu)
+            info = {"partition": local["partition"], "site": local["site"], "local_of": local["of"]} if local else {}
+            if arm in exp.federated:
+                info = {"partition": partition_key(compose_run_config(overrides, config_name=exp.config))}
+            results[arm] = collect_arm(exp, arm, run_dir, wall_seconds=wall, coordinator_cpu=cpu, **info)
     return write_results(exp, size, out, results)
 
 
 def _fraction_arms(exp: Experiment, size: str, out: Path, *, data_root: str | None, extra: list[str],
                    cpus: int | None, cpus_per_site: float, only: list[str] | None) -> dict[str, ArmResult]:
-    """Encoder arm × setting (pooled, the first federated arm) × label fraction. A pretraining
-    encoder arm pretrains once per setting (all patients, no labels used) and every fraction's
-    adapter run starts from that encoder."""
+    """Encoder arm × setting (pooled, the first federated arm, each of its sites alone) × label
+    fraction. A pretraining encoder arm pretrains once per setting (all the setting's patients, no
+    labels used) and every fraction's adapter run starts from that encoder."""
     from fedecho.config.compose import compose_run_config
 
-    settings = {"pooled": "pooled", "federated": next(iter(exp.federated))}
+    first = next(iter(exp.federated))
     results: dict[str, ArmResult] = {}
     for encoder, encoder_overrides in exp.encoders.items():
-        for setting, arm in settings.items():
-            base = [*arm_overrides(exp, size, arm, data_root=data_root, extra=extra), *encoder_overrides]
+        # (setting, arm name stem, overrides, site): pooled, the first federated arm, and its sites alone
+        settings = [("pooled", "pooled", arm_overrides(exp, size, "pooled", data_root=data_root, extra=extra), None),
+                    ("federated", "federated", arm_overrides(exp, size, first, data_root=data_root, extra=extra), None)]
+        settings += [("local", f"local{v['site']}", v["overrides"], v["site"]) for v in
+                     local_arms(exp, size, [first], data_root=data_root, extra=extra, encoder=encoder_overrides).values()]
+        for setting, stem, arm_base, site in settings:
+            base = [*arm_base, *encoder_overrides]
             pretrains = compose_run_config(base, config_name=exp.config).federation.pretrain.rounds > 0
             init: list[str] = []
             for fraction in exp.fractions_for(size):
-                name = f"{encoder}-{setting}-{fraction:g}"
+                name = f"{encoder}-{stem}-{fraction:g}"
                 run_dir = out / name
                 overrides = [*base, *init, f"data.label_fraction={fraction}"]
                 if not only or name in only:
                     wall, cpu = _simulate(exp, overrides, run_dir, cpus=cpus, cpus_per_site=cpus_per_site)
                     results[name] = collect_arm(exp, name, run_dir, wall_seconds=wall, coordinator_cpu=cpu,
-                                                encoder=encoder, setting=setting, fraction=fraction)
+                                                encoder=encoder, setting=setting, fraction=fraction, site=site)
                 if pretrains and not init:
                     # The first fraction's run pretrained the encoder (all patients, no labels): the
                     # other fractions start from it instead of pretraining again.

@@ -14,6 +14,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 
 from fedecho.config.run import RunConfig, to_dict
+from fedecho.federation import progress
 from fedecho.federation.arrays import numpy_dict, to_arrayrecord, torch_dict
 from fedecho.federation.contract import ARRAYS, CONFIG, ConfigKey, declare
 from fedecho.federation.guarded import GuardedStrategy, site_name
@@ -21,6 +22,7 @@ from fedecho.federation.history import RoundRecord, RunHistory
 from fedecho.federation.phases import Phase, plan_phases
 from fedecho.federation.state import RunCheckpoint
 from fedecho.federation.strategies import build_strategy, load_strategy_state, strategy_state
+from fedecho.federation.weights import WeightPolicy
 
 __all__ = ["Coordinator"]
 
@@ -94,6 +96,11 @@ class Coordinator:
             else:
                 self._train_phase(phase)
         log.info("run finished in %.1f s; history in %s", time.perf_counter() - start, self.history.path)
+        table = progress.final_table(self.history.records)
+        if table:
+            progress.emit("\nfinal evaluation (federated: the sites' test patients; central: the pooled test split)")
+            for line in table:
+                progress.emit(line)
         return self.history
 
     def _train_phase(self, phase: Phase) -> None:
@@ -110,11 +117,14 @@ class Coordinator:
         if done >= phase.rounds:
             self._finish_phase(phase, {k: v.numpy() for k, v in arrays.items()})
             return
+        progress.emit(progress.phase_line(phase.name, rounds=phase.rounds, sites=self.cfg.federation.num_sites,
+                                          strategy=self.cfg.federation.strategy.name, resumed_after=done))
         phase_config = phase.config(self.cfg.train.seed)
         guarded = GuardedStrategy(strategy, phase_name=phase.name, phase_config=phase_config,
                                   declaration=declaration, min_sites=self.cfg.federation.strategy.min_sites,
                                   max_update_norm=self.cfg.federation.strategy.max_update_norm, round_offset=done,
-                                  connect_timeout=self.cfg.federation.strategy.round_timeout)
+                                  connect_timeout=self.cfg.federation.strategy.round_timeout,
+                                  weights=WeightPolicy.from_config(self.cfg.federation))
         if encoder is not None:
             self._hand_out_encoder(phase, encoder)
 
@@ -166,7 +176,8 @@ class Coordinator:
         guarded = GuardedStrategy(strategy, phase_name=phase.name,
                                   phase_config={**phase.config(self.cfg.train.seed), "split": "test"},
                                   declaration=declare(arrays), min_sites=self.cfg.federation.strategy.min_sites,
-                                  connect_timeout=self.cfg.federation.strategy.round_timeout)
+                                  connect_timeout=self.cfg.federation.strategy.round_timeout,
+                                  weights=WeightPolicy.from_config(self.cfg.federation))
         guarded.current = RoundRecord(phase=phase.name, round=1)
         guarded._started = time.perf_counter()
         record = to_arrayrecord(arrays)
@@ -219,18 +230,9 @@ class Coordinator:
         return {k: float(v) for k, v in scores.items() if isinstance(v, (int, float))}
 
     def _print_round(self, record: RoundRecord) -> None:
-        def short(values: dict[str, float]) -> str:
-            keep = [k for k in values if k not in ("num-examples", "site-index", "seconds", "cpu-seconds")]
-            return ", ".join(f"{k} {values[k]:.4g}" for k in keep[:6])
-
-        line = f"[{record.phase} round {record.round}] train: {short(record.train) or '-'} | eval: " \
-               f"{short(record.evaluate) or '-'}"
-        if record.central:
-            line += f" | central: {short(record.central)}"
-        if record.rejected:
-            line += f" | rejected: {', '.join(record.rejected)}"
-        line += f" | {record.bytes_sent / 1e6:.2f} MB out, {record.bytes_received / 1e6:.2f} MB in, {record.seconds:.1f} s"
-        print(line, flush=True)
+        """One progress line on the terminal (the full record is in history.json and TensorBoard)."""
+        rounds = next((p.rounds for p in self.phases if p.name == record.phase and p.kind != "evaluate"), None)
+        progress.emit(progress.round_line(record, rounds=rounds, sites=self.cfg.federation.num_sites))
 
     def write_report(self) -> Path | None:
         """The run report (fedecho.report), if the report module is installed."""
@@ -239,5 +241,5 @@ class Coordinator:
         except ImportError:
             return None
         path = write_report(self.run_dir)
-        print(f"report: {path}\nTensorBoard: tensorboard --logdir {self.run_dir / 'tb'}", flush=True)
+        progress.emit(f"report: {path}\nTensorBoard: tensorboard --logdir {self.run_dir / 'tb'}")
         return path

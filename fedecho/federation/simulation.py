@@ -17,15 +17,19 @@ __all__ = ["simulate"]
 
 
 def simulate(experiment: str, overrides: list[str], *, cpus_per_site: float = 1.0,
-             total_cpus: int | None = None, resume: bool = False) -> dict[str, Any]:
+             total_cpus: int | None = None, resume: bool = False, verbose: bool = False) -> dict[str, Any]:
     """Run ``experiment`` (a config name in conf/) with Hydra ``overrides`` as a Flower simulation;
-    ``resume`` continues the run in ``federation.run_dir`` from its last completed round."""
+    ``resume`` continues the run in ``federation.run_dir`` from its last completed round.
+
+    The terminal shows one line per phase and round and a final table; Flower's and Ray's logs go
+    to ``<run_dir>/flower.log`` (``verbose``: to the terminal as well)."""
     import shlex
 
     from flwr.simulation import run_simulation
 
     from client.app import build_app as client_app
     from fedecho.config.compose import compose_run_config
+    from fedecho.federation import progress
     from server.app import build_app as server_app
 
     cfg = compose_run_config(overrides, config_name=experiment)  # validate before starting Ray
@@ -35,9 +39,18 @@ def simulate(experiment: str, overrides: list[str], *, cpus_per_site: float = 1.
     # behind any other process (measured: a CAMUS round took 7.6x its CPU time). Sites are the work.
     os.environ.setdefault("RAY_worker_niceness", "0")
     start = time.perf_counter()
-    run_simulation(
-        server_app(run_config), client_app(run_config), num_supernodes=cfg.federation.num_sites,
-        backend_config={"client_resources": {"num_cpus": cpus_per_site},
-                        "init_args": {"num_cpus": total_cpus or os.cpu_count() or 1, "include_dashboard": False}},
-    )
-    return {"run_dir": os.path.abspath(cfg.federation.run_dir), "seconds": time.perf_counter() - start}
+    run_dir = os.path.abspath(cfg.federation.run_dir)
+    log_path = os.path.join(run_dir, "flower.log")
+    progress.emit(f"{experiment}: {cfg.federation.num_sites} simulated sites; Flower's log: {log_path}")
+    with progress.quiet_console(log_path, verbose=verbose):
+        try:
+            run_simulation(
+                server_app(run_config), client_app(run_config), num_supernodes=cfg.federation.num_sites,
+                backend_config={"client_resources": {"num_cpus": cpus_per_site},
+                                "init_args": {"num_cpus": total_cpus or os.cpu_count() or 1,
+                                              "include_dashboard": False}},
+            )
+        except BaseException as err:
+            progress.emit(f"the simulation failed ({type(err).__name__}: {err}); details in {log_path}")
+            raise
+    return {"run_dir": run_dir, "seconds": time.perf_counter() - start, "log": log_path}

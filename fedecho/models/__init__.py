@@ -1,4 +1,4 @@
-"""Backbones for grayscale echo: Segformer (MiT), ResNet-18, R3D-18 / R(2+1)D-18, ViT-S/16.
+"""Backbones for grayscale echo: Segformer (MiT), ResNet-18, R3D-18 / R(2+1)D-18, ViT-S/16, U-Net.
 
 >>> from fedecho.config.model import BackboneConfig
 >>> backbone = build_backbone(BackboneConfig(name="resnet18"))
@@ -93,6 +93,19 @@ BACKBONES.add("r2plus1d18", _video_resnet("r2plus1d18", "r2plus1d", (2, 2, 2, 2)
 BACKBONES.add("r2plus1d-tiny", _video_resnet("r2plus1d-tiny", "r2plus1d", (1, 1, 1, 1)))
 for _name in ("vit-s16", "vit-tiny"):
     BACKBONES.add(_name, _vit(_name))
+
+
+def _unet(name: str) -> Callable[[BackboneConfig], Backbone]:
+    def factory(cfg: BackboneConfig) -> Backbone:
+        from fedecho.models.unet import UNetBackbone
+
+        return UNetBackbone(cfg, name=name)
+
+    return factory
+
+
+for _name in ("unet", "unet-tiny"):
+    BACKBONES.add(_name, _unet(_name))
 
 
 def build_backbone(cfg: BackboneConfig) -> Backbone:

@@ -365,3 +365,46 @@ def test_patient_split_conflict_and_no_split_column(tmp_path):
     assert {(r.patient_id, r.split) for r in moved.records} == {("A", "train"), ("B", "val")}
     (tmp_path / "labels.csv").write_text("file,view\nA/S1/1.dcm,A4C\n")
     assert {r.split for r in DicomReader(tmp_path).scan().records} == {None}
+
+
+# --- id fallback from the command line and the config ----------------------------------------------
+def _export_without_patient_ids(tmp_path: Path) -> Path:
+    root = tmp_path / "export"
+    write_dicom(root, _samples()[:3])
+    for path in sorted(root.rglob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        del ds.PatientID
+        ds.save_as(path)
+    return root
+
+
+def test_id_fallback_is_reachable_from_both_check_commands_and_counted(tmp_path, capsys):
+    import json
+
+    from fedecho.cli.client import main as client_main
+    from fedecho.cli.main import main
+
+    root = _export_without_patient_ids(tmp_path)
+    assert main(["data", "check", str(root), "--format", "dicom", "--json"]) == 2
+    refused = json.loads(capsys.readouterr().out)
+    assert refused["readable_items"] == 0 and "--id-fallback" in refused["errors"][0]["reason"]
+    assert "data.id_fallback=true" in refused["errors"][0]["reason"]
+    assert main(["data", "check", str(root), "--format", "dicom", "--json", "--id-fallback"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["readable_items"] == 3 and report["derived_ids"] == {"PatientID": 3}
+    assert report["patients"] == 2  # two studies: each study counts as its own patient
+    assert client_main(["check", "--data", str(root), "--format", "dicom", "--id-fallback"]) == 0
+    assert "ids derived (id fallback): PatientID for 3 file(s)" in capsys.readouterr().out
+
+
+def test_data_id_fallback_in_the_run_config_reaches_the_reader(tmp_path):
+    from fedecho.config.compose import compose_run_config
+    from fedecho.engine.data import load_site
+
+    root = _export_without_patient_ids(tmp_path)
+    base = ["data=dicom", f"data.root={root}", "data.on_error=raise", "data.split_fractions=[1.0,0.0,0.0]"]
+    with pytest.raises(EchoDataError, match="data.id_fallback=true"):
+        load_site(compose_run_config(base).data)
+    site = load_site(compose_run_config([*base, "data.id_fallback=true"]).data)
+    # the export's labels.csv puts P001's two files in train; their patient id is now their study UID
+    assert len(site.train) == 2 and all(r.patient_id == r.study_id for r in site.train)

@@ -172,3 +172,42 @@ def test_writer_needs_the_labels_the_format_stores(tmp_path):
 
 def test_writer_is_the_registered_one():
     assert get_writer("echonet-dynamic") is write_echonet_dynamic
+
+
+def test_ef_only_export_reads_every_video_for_tasks_that_need_no_tracings(tmp_path, caplog):
+    """FileList.csv + Videos/ without VolumeTracings.csv: EF/volumes and clips work; lv_seg finds
+    no examples; the log says which tasks need the tracings."""
+    from fedecho.config.task import TaskConfig
+    from fedecho.tasks import build_task
+    from fedecho.tasks.dataset import TaskDataset
+
+    rng = np.random.default_rng(3)
+    samples = [make_sample(rng, f"0X{i:04X}", split) for i, split in enumerate(["train", "train", "test"])]
+    write_echonet_dynamic(tmp_path, samples)
+    (tmp_path / "VolumeTracings.csv").unlink()
+    reader = open_reader("echonet-dynamic", tmp_path)
+    with caplog.at_level("INFO", logger="fedecho.data.echonet_dynamic"):
+        scan = reader.scan()
+    assert scan.issues == []
+    assert [r.item_id for r in scan.records] == [s.item_id for s in samples]
+    assert "need the tracings" in caplog.text and "lv_seg" in caplog.text
+    record = scan.records[0]
+    assert {k: record.labels[k] for k in ("ef", "edv", "esv")} == {"ef": 51.25, "edv": 130.5, "esv": 63.6}
+    assert "mask_frames" not in record.labels and "tracings" not in record.files
+    sample = reader.load(record)
+    assert sample.frames.shape == (24, SIZE, SIZE) and "mask" not in sample.labels
+    clip = reader.load_frames(record, [2, 4, 6])
+    assert clip.frames.shape == (3, SIZE, SIZE) and clip.labels["ef"] == 51.25
+    ef = TaskDataset(reader, scan.records, build_task(TaskConfig(name="ef", image_size=32, clip_length=3)))
+    assert len(ef) == 3 and float(ef[0]["target"]) == pytest.approx(51.25)
+    seg = build_task(TaskConfig(name="lv_seg", image_size=32))
+    assert all(seg.example_keys(r) == [] for r in scan.records)
+
+
+def test_tracings_file_present_still_requires_two_traced_frames(tmp_path):
+    rng = np.random.default_rng(4)
+    write_echonet_dynamic(tmp_path, [make_sample(rng, "0X0001", "train")])
+    with (tmp_path / "VolumeTracings.csv").open("w") as f:  # header only: no video is traced
+        f.write("FileName,X1,Y1,X2,Y2,Frame\n")
+    scan = open_reader("echonet-dynamic", tmp_path, on_error="skip").scan()
+    assert scan.records == [] and "2 (ED and ES) are needed" in str(scan.issues[0])

@@ -8,6 +8,7 @@ import json
 import math
 from dataclasses import asdict, replace
 
+import numpy as np
 import pytest
 
 from fedecho.experiments import collect_arm, load_experiment, write_results
@@ -36,6 +37,7 @@ def test_row_ratio_cpu_and_markdown(tmp_path):
     assert pooled.cpu_seconds == pytest.approx(2 * 30.0 + 5.0)
     assert fed.cpu_seconds == pytest.approx(2 * (10.0 + 20.0) + 3.0)
     assert fed.bytes_sent == 2000 and fed.rounds == 2
+    assert fed.round_bytes_sent == 1000 and fed.round_bytes_received == 500
     assert fed.value("lv_seg", "dice/lv_cavity") == pytest.approx(0.88)  # central first
     assert math.isnan(fed.value("lv_seg", "dice/septum"))
     payload = write_results(exp, "full", tmp_path, {"pooled": pooled, "fedavg-intensity": fed})
@@ -43,7 +45,8 @@ def test_row_ratio_cpu_and_markdown(tmp_path):
     assert row["ratio"] == pytest.approx(0.88 / 0.90)
     assert row["published"] == pytest.approx(0.926)
     text = (tmp_path / "results.md").read_text()
-    assert "| camus_lv_seg | fedavg-intensity | lv_seg | dice/lv_cavity | 0.926 | 0.900 | 0.880 | 0.978 |" in text
+    assert ("| camus_lv_seg | fedavg-intensity | lv_seg | dice/lv_cavity | 0.926 | n/a | n/a | 0.880 | 0.900 | 0.978 |"
+            in text)
     assert json.loads((tmp_path / "results.json").read_text())["rows"][0]["arm"] == "fedavg-intensity"
 
 
@@ -83,3 +86,42 @@ def test_fraction_row_uses_the_published_fraction(tmp_path):
     assert row["federated"] == pytest.approx(0.6 + 0.003 + 0.05 - 0.02)
     assert (tmp_path / "label_fractions_as_present.png").stat().st_size > 5000
     assert "## Label fractions: as_present" in (tmp_path / "results.md").read_text()
+
+
+def seg_predictions(path, sample_dice, patients):
+    from fedecho.report.predictions import save_predictions
+
+    k = len(sample_dice)
+    save_predictions(path, images=np.zeros((1, 4, 4)), masks=np.zeros((1, 4, 4), int), pred_masks=np.zeros((1, 4, 4), int),
+                     sample_dice=np.asarray(sample_dice, float), structure_names=np.array(["lv_cavity"]),
+                     patients=np.asarray(patients), sites=np.array(["s"] * k))
+
+
+def test_local_only_mean_worst_and_joint_interval(tmp_path):
+    """Rows gain local-only mean (interval: the same patient resamples for every site's model) and
+    the worst site; local arms of another partition are not mixed in."""
+    from fedecho.report.bootstrap import bootstrap_ci
+
+    exp = load_experiment("camus_lv_seg")
+    patients = [f"p{i}" for i in range(6)]
+    dice = {0: [0.9, 0.8, 0.7, 0.9, 0.6, 0.8], 1: [0.5, 0.6, 0.7, 0.4, 0.6, 0.5], 2: [0.8, 0.8, 0.9, 0.7, 0.8, 0.9]}
+    results = {"pooled": collect_arm(exp, "pooled", fake_run(tmp_path / "pooled", "lv_seg", {"dice/lv_cavity": 0.9}))}
+    results["fedavg-intensity"] = collect_arm(exp, "fedavg-intensity", fake_run(tmp_path / "fed", "lv_seg",
+                                              {"dice/lv_cavity": 0.85}), partition="P")
+    for k, values in dice.items():
+        name = f"local-fedavg-intensity-{k}"
+        run = fake_run(tmp_path / name, "lv_seg", {"dice/lv_cavity": float(np.mean(values))})
+        seg_predictions(run / "predictions" / "lv_seg.npz", [[v] for v in values], patients)
+        results[name] = collect_arm(exp, name, run, partition="P", site=k, local_of="fedavg-intensity")
+    other = fake_run(tmp_path / "other", "lv_seg", {"dice/lv_cavity": 0.1})
+    results["local-fedavg-dirichlet-0"] = collect_arm(exp, "x", other, partition="Q", site=0, local_of="fedavg-dirichlet")
+    payload = write_results(exp, "full", tmp_path, results)
+    (row,) = [r for r in payload["rows"] if r["arm"] == "fedavg-intensity"]
+    assert row["local_sites"] == 3
+    assert row["local_mean"] == pytest.approx(np.mean([np.mean(v) for v in dice.values()]))
+    assert row["local_worst"] == pytest.approx(np.mean(dice[1])) and "[site 1]" in row["local_worst_text"]
+    per_item = np.mean([dice[k] for k in dice], axis=0)
+    _, low, high = bootstrap_ci(per_item, groups=np.array(patients))
+    assert row["local_mean_text"] == f"{row['local_mean']:.3f} ({low:.3f}–{high:.3f})"
+    assert low < row["local_mean"] < high
+    assert "| local-only mean | local-only worst | federated | pooled |" in (tmp_path / "results.md").read_text()
