@@ -82,15 +82,24 @@ class _Federation:
     def __init__(self, root: Path) -> None:
         from fedecho.data.synthetic import synthesize
         from fedecho.deploy.federation import init_federation
+        from fedecho.deploy.sites import add_site, init_site
 
         self.root = root
-        self.fed = init_federation(root / "fed", list(SITES))
+        self.fed = init_federation(root / "fed")
+        for site in SITES:  # the README's key flow: the site makes its keys, the coordinator registers site.pub
+            init_site(self.site_folder(site), site)
+            add_site(self.fed, site, self.site_folder(site) / "site.pub")
+            for path in self.fed.bundle(site).iterdir():
+                (self.site_folder(site) / path.name).write_bytes(path.read_bytes())
         for seed, site in enumerate(SITES):
             synthesize("camus", root / f"data_{site}", patients=PATIENTS_PER_SITE, seed=seed + 1,
                        style=f"site_{site.lower()}", image_size=64)
         synthesize("camus", root / "data_pooled", patients=PATIENTS_PER_SITE * len(SITES), seed=1, style="mixed",
                    image_size=64)
         self.processes: list[Any] = []
+
+    def site_folder(self, site: str) -> Path:
+        return self.root / f"site_{site}"
 
     def start_superlink(self) -> str:
         from fedecho.deploy.process import ManagedProcess, flower_env, free_port
@@ -112,12 +121,12 @@ class _Federation:
         for site in SITES:
             data, state = self.root / f"data_{site}", self.root / f"state_{tag}" / site
             if warm:  # the site operator's command
-                command = _cli("client", "start", "--bundle", self.fed.bundle(site), "--superlink", superlink,
+                command = _cli("client", "start", "--bundle", self.site_folder(site), "--superlink", superlink,
                                "--data", data, "--format", "camus", "--port", free_port(), "--state-dir", state,
                                "--device", "cpu")
             else:  # Flower's stock path: one flwr-clientapp process per message
                 state.mkdir(parents=True, exist_ok=True)
-                command = supernode_command(load_bundle(self.fed.bundle(site)), superlink=superlink, data_root=data,
+                command = supernode_command(load_bundle(self.site_folder(site)), superlink=superlink, data_root=data,
                                             data_format="camus", state_dir=state, port=free_port(), device="cpu",
                                             idle_poll=None)
             process = ManagedProcess(f"site {site} ({tag})", command, env=flower_env(self.root / f"flwr_home_{site}"),
