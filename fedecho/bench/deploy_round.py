@@ -11,11 +11,14 @@ round times from their ``history.json``; the row is the median deployed / simula
 rounds 2-3 (round 1 builds the model and loaders on either side). Repetitions alternate sides.
 
 Where a deployed round's time goes (details, medians over rounds 2-3 and both sites), from the
-sites' ``worker.jsonl``: ``queue_s`` (coordinator push -> SuperNode pull -> worker claim),
-``pull_s`` (the worker fetches task and message from its SuperNode), ``app_s`` (the ClientApp:
-training or evaluation), ``push_s`` (the reply back to the SuperNode), each summed over the
-round's train and evaluate messages of the slower site; ``coordinator_s`` is the rest of the
-round (the SuperNode's upload, the coordinator's pulls, validation, aggregation, checkpoint).
+sites' ``worker.jsonl``: ``queue_s`` (the coordinator creates the message -> the SuperNode sees
+it -> the worker claims it), ``pull_s`` (the message's tensors in transit: the coordinator
+uploads them to the SuperLink object by object, the SuperNode downloads them, the worker reads
+them from its SuperNode; the worker claims the task before the upload ends, so this is mostly
+Flower's transfer), ``app_s`` (the ClientApp: training or evaluation), ``push_s`` (the reply to
+the SuperNode), each summed over the round's train and evaluate messages of the slower site;
+``coordinator_s`` is the rest of the round (the reply's way SuperNode -> SuperLink ->
+coordinator, validation, aggregation, checkpoint).
 
 Full mode also measures the old path once: the same sites with Flower's stock per-message
 ``flwr-clientapp`` process (``--isolation subprocess``), the "before" number.
@@ -79,15 +82,24 @@ class _Federation:
     def __init__(self, root: Path) -> None:
         from fedecho.data.synthetic import synthesize
         from fedecho.deploy.federation import init_federation
+        from fedecho.deploy.sites import add_site, init_site
 
         self.root = root
-        self.fed = init_federation(root / "fed", list(SITES))
+        self.fed = init_federation(root / "fed")
+        for site in SITES:  # the README's key flow: the site makes its keys, the coordinator registers site.pub
+            init_site(self.site_folder(site), site)
+            add_site(self.fed, site, self.site_folder(site) / "site.pub")
+            for path in self.fed.bundle(site).iterdir():
+                (self.site_folder(site) / path.name).write_bytes(path.read_bytes())
         for seed, site in enumerate(SITES):
             synthesize("camus", root / f"data_{site}", patients=PATIENTS_PER_SITE, seed=seed + 1,
                        style=f"site_{site.lower()}", image_size=64)
         synthesize("camus", root / "data_pooled", patients=PATIENTS_PER_SITE * len(SITES), seed=1, style="mixed",
                    image_size=64)
         self.processes: list[Any] = []
+
+    def site_folder(self, site: str) -> Path:
+        return self.root / f"site_{site}"
 
     def start_superlink(self) -> str:
         from fedecho.deploy.process import ManagedProcess, flower_env, free_port
@@ -109,12 +121,12 @@ class _Federation:
         for site in SITES:
             data, state = self.root / f"data_{site}", self.root / f"state_{tag}" / site
             if warm:  # the site operator's command
-                command = _cli("client", "start", "--bundle", self.fed.bundle(site), "--superlink", superlink,
+                command = _cli("client", "start", "--bundle", self.site_folder(site), "--superlink", superlink,
                                "--data", data, "--format", "camus", "--port", free_port(), "--state-dir", state,
                                "--device", "cpu")
             else:  # Flower's stock path: one flwr-clientapp process per message
                 state.mkdir(parents=True, exist_ok=True)
-                command = supernode_command(load_bundle(self.fed.bundle(site)), superlink=superlink, data_root=data,
+                command = supernode_command(load_bundle(self.site_folder(site)), superlink=superlink, data_root=data,
                                             data_format="camus", state_dir=state, port=free_port(), device="cpu",
                                             idle_poll=None)
             process = ManagedProcess(f"site {site} ({tag})", command, env=flower_env(self.root / f"flwr_home_{site}"),
@@ -202,8 +214,10 @@ def run(options: BenchOptions) -> list[Row]:
                          "simulated_round_s": summarize(simulated).as_dict(), "breakdown": last,
                          "deployed_rounds_s": rounds_seen, "worker_pids": pids},
                 note=(f"deployed {statistics.median(deployed):.2f} s vs simulated {statistics.median(simulated):.2f} s "
-                      f"per round; a deployed round: queue {last['queue_s']} s, pull {last['pull_s']} s, app "
-                      f"{last['app_s']} s, push {last['push_s']} s, coordinator and transfer {last['coordinator_s']} s "
+                      f"per round; a deployed round: queue {last['queue_s']} s, tensors to the site "
+                      f"{last['pull_s']} s, "
+                      f"app {last['app_s']} s, reply to the SuperNode {last['push_s']} s, reply to the coordinator "
+                      f"+ aggregation {last['coordinator_s']} s "
                       f"(slower site, train + evaluate); one worker process per site: {pids}")))
             if not options.quick:
                 stock_sites = federation.start_sites(superlink, warm=False, tag="stock")

@@ -31,8 +31,8 @@ from typing import Any
 
 from fedecho.deploy.process import ManagedProcess, executable
 
-__all__ = ["DEFAULT_CLIENTAPPIO_PORT", "IDLE_POLL_S", "WORKER_SECRET", "bundle_fields", "node_config", "supernode_command", "supervise",
-           "worker_command"]
+__all__ = ["DEFAULT_CLIENTAPPIO_PORT", "IDLE_POLL_S", "WORKER_SECRET", "bundle_fields", "node_config",
+           "run_prompt_supernode", "supernode_command", "supervise", "worker_command"]
 
 #: Flower's default local port of a SuperNode (its Runtime API); one per SuperNode on a host.
 DEFAULT_CLIENTAPPIO_PORT = 9094

@@ -20,7 +20,8 @@ both for a FedEcho site:
   still written to its state folder every round: a restarted worker resumes as a fresh process.
 
 Every message handled is one JSON line in ``<state dir>/worker.jsonl`` (time, worker pid, run,
-message type, round, outcome, seconds spent waiting / pulling / in the app / pushing): no tensor,
+message type, round, outcome, seconds spent waiting / pulling (``input_s``: task and message
+header, the rest: its tensors) / in the app / pushing): no tensor,
 metric or path of the site's data. A crash of the app is answered with a generic coded error (the
 detail stays in the worker's log); a crash of the worker itself makes the SuperNode answer
 "ClientApp stopped responding" once the task's heartbeat expires, and ``fedecho-client start``
@@ -157,10 +158,11 @@ def _retry_invoker() -> Any:
                         max_time=60)
 
 
-def _pull_input(client: Any) -> tuple[Any, Any, Any]:
-    """(message, context, run) of the claimed task. As Flower's ``pull_task_input``, but the
-    message's objects are polled every few tens of milliseconds: the SuperNode queues the task
-    before it has downloaded them, and Flower's 1 s, 2 s, 4 s back-off cost seconds per message."""
+def _pull_input(client: Any) -> tuple[Any, Any, Any, float]:
+    """(message, context, run, seconds until the message's tensors) of the claimed task. As
+    Flower's ``pull_task_input``, but the message's objects are polled every few tens of
+    milliseconds: the SuperNode queues the task before it has downloaded them, and Flower's
+    1 s, 2 s, 4 s back-off would cost seconds per message."""
     from flwr.app import Message
     from flwr.common.serde import context_from_proto, run_from_proto
     from flwr.proto.node_pb2 import Node
@@ -170,6 +172,7 @@ def _pull_input(client: Any) -> tuple[Any, Any, Any]:
     from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
     from flwr.supercore.task_identity import TaskIdentity
 
+    start = time.perf_counter()
     task_input = client.PullTaskInput(PullTaskInputRequest())  # its FAB is never installed nor read
     context, run = context_from_proto(task_input.context), run_from_proto(task_input.run)
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = task_input.task_id, run.run_id, context.node_id
@@ -177,12 +180,13 @@ def _pull_input(client: Any) -> tuple[Any, Any, Any]:
     if not pulled.messages_list:
         raise RuntimeError("the SuperNode returned no message for this task")
     node, tree = Node(node_id=context.node_id), pulled.message_object_trees[0]
+    input_s = time.perf_counter() - start
     message = pull_and_inflate_object_from_tree(
         tree, make_pull_object_fn_protobuf(client.PullObject, node, run.run_id),
         make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node, run.run_id),
         return_type=Message, initial_backoff=0.02, backoff_cap=0.25)
     message.metadata.__dict__["_message_id"] = tree.object_id
-    return message, context, run
+    return message, context, run, input_s
 
 
 def _round(message: Any) -> str:
@@ -259,11 +263,11 @@ class SiteWorker:
         context, sub_status, details = None, SubStatus.FAILED, "task failed"
         try:
             with _Heartbeat(client):
-                message, context, run = _pull_input(client)
+                message, context, run, input_s = _pull_input(client)
                 record.update(run=int(run.run_id), type=message.metadata.message_type, round=_round(message),
                               fab_id=run.fab_id, fab_version=run.fab_version,
                               waited_s=round(max(0.0, claimed - message.metadata.created_at), 4),
-                              pull_s=timer.lap())
+                              pull_s=timer.lap(), input_s=round(input_s, 4))
                 if (run.fab_id, run.fab_version) != self.identity:
                     log.warning("refused run %s: its app is %s %s, this site runs only %s %s", run.run_id,
                                 run.fab_id, run.fab_version, *self.identity)

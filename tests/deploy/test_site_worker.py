@@ -75,7 +75,8 @@ class _RuntimeApi:
         metadata = Metadata(run_id=run_id, message_id="", src_node_id=1, dst_node_id=7, reply_to_message_id="",
                             group_id=str(round_), created_at=time.time(), ttl=3600, message_type=message_type)
         message = Message(metadata=metadata, content=RecordDict({"config": ConfigRecord({"round": round_})}))
-        self.state.create_task(task_type=TaskType.CLIENT_APP, run_id=run_id, fab_hash=self.state.get_run(run_id).fab_hash)
+        self.state.create_task(task_type=TaskType.CLIENT_APP, run_id=run_id,
+                               fab_hash=self.state.get_run(run_id).fab_hash)
         _insert_message(message, self.state, self.state.object_store)
 
     def replies(self) -> list[Message]:
@@ -278,6 +279,52 @@ def test_fast_object_pulls_shortens_flowers_back_off_once():
     assert start_client_internal.time is time  # the SuperNode loop sleeps on the time module
 
 
+def _sleeper(seconds: float):
+    import sys
+
+    from fedecho.deploy.process import ManagedProcess
+
+    return ManagedProcess("sleeper", [sys.executable, "-c", f"import time; time.sleep({seconds})"])
+
+
+def test_supervise_restarts_a_dead_worker_then_gives_up_and_follows_the_supernode():
+    from fedecho.deploy.supernode import supervise
+
+    started, lines = [], []
+
+    def worker():
+        started.append(_sleeper(0.1))
+        return started[-1]
+
+    supernode = _sleeper(60)
+    status = supervise(supernode, worker, max_restarts=2, window_s=60, poll_s=0.05, say=lines.append)
+    assert status == 3 and len(started) == 3  # the first worker and two restarts
+    assert "starting a new one (restart 1 of at most 2" in lines[0] and "stopping the site" in lines[-1]
+    assert supernode.poll() is not None and all(w.poll() is not None for w in started)  # nothing left running
+
+    started.clear()
+    supernode = _sleeper(0.3)
+    assert supervise(supernode, lambda: started.append(_sleeper(60)) or started[-1], poll_s=0.05,
+                     say=lines.append) == 0
+    assert "the SuperNode exited with status 0" in lines[-1] and started[0].poll() is not None
+
+
+def test_deploy_round_breakdown_by_hand():
+    from fedecho.bench.deploy_round import round_breakdown
+
+    def rec(round_, type_, waited, pull, app, push):
+        return {"round": str(round_), "type": type_, "waited_s": waited, "pull_s": pull, "app_s": app, "push_s": push}
+
+    records = {"A": [rec(1, "train", 9, 9, 9, 9), rec(2, "train", 1, 2, 3, 1), rec(2, "evaluate", 0, 1, 1, 0),
+                     rec(3, "train", 1, 1, 1, 1), rec(3, "evaluate", 1, 1, 1, 1), rec(3, "query", 50, 50, 50, 50)],
+               "B": [rec(2, "train", 1, 1, 1, 1), rec(2, "evaluate", 1, 1, 1, 1),
+                     rec(3, "train", 2, 2, 2, 2), rec(3, "evaluate", 1, 1, 1, 1)]}
+    # round 2: A 1+3+4+1 = 9 > B 8, so A: queue 1, pull 3, app 4, push 1; 12 s wall -> 3 s elsewhere
+    # round 3: B 12 > A 8 (the query is not a round message): queue 3, pull 3, app 3, push 3; 14 s -> 2 s
+    assert round_breakdown(records, {1: 40.0, 2: 12.0, 3: 14.0}) == {
+        "queue_s": 2.0, "pull_s": 3.0, "app_s": 3.5, "push_s": 2.0, "coordinator_s": 2.5}
+
+
 # --- real processes -------------------------------------------------------------------------------
 
 def _site_records(tmp_path, site: str) -> list[dict]:
@@ -317,7 +364,7 @@ def test_a_killed_worker_is_replaced_and_the_run_goes_on(federation, sites, tmp_
         (old,) = {r["pid"] for r in _site_records(tmp_path, "B")}
         psutil.Process(old).kill()
         assert run.wait(timeout=RUN_TIMEOUT + 30) == 0, run.tail()
-    output = sites["B"].tail(100_000)
+    output = sites["B"].log_path.read_text(errors="replace")
     assert f"the site worker (pid {old}) exited" in output, output[-3000:]
     history = _history(run_dir)
     assert [r["round"] for r in history if r["phase"] == "adapt:view"] == [1, 2, 3]
