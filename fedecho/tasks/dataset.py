@@ -180,7 +180,8 @@ def _to_tensors(example: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(value, Tensor | str):
             out[key] = value
         elif isinstance(value, np.ndarray):
-            out[key] = torch.from_numpy(np.ascontiguousarray(value))
+            # a read-only view (of the decoded cache's memory map) is copied: tensors are writable
+            out[key] = torch.from_numpy(np.ascontiguousarray(value) if value.flags.writeable else np.array(value))
         elif isinstance(value, bool | int | np.integer):
             out[key] = torch.tensor(int(value), dtype=torch.int64)
         elif isinstance(value, float | np.floating):
