@@ -15,9 +15,12 @@ cache, ``train.augment_on=device``, workers = the free cores, persistent:
   TFLOP/s (``$FEDECHO_GPU_TFLOPS``, default 100: an H100 at ~10 % of its bf16 peak, the issue's
   30–150 range), and the loader's coverage of it (cached / GPU rate).
 
-``details.profile_ms_per_sample`` breaks one sample down by stage, before (decode, example,
-CPU augmentation, collate) and after (cache read, uint8 example + parameter draw, collate, and the
-batched augmentation on this machine's CPU, which on a GPU costs a small fraction of a step).
+``details.profile_ms_per_sample`` (wall) and ``profile_cpu_ms_per_sample`` (process CPU time)
+break one sample down by stage, before (decode, example, CPU augmentation, collate) and after
+(cache read, uint8 example + parameter draw, collate, and the batched augmentation on this
+machine's CPU, which on a GPU costs a small fraction of a step). On a shared machine the CPU times
+give ``cpu_bound_rate_on_idle_cores``: the rate the usable cores would sustain running only the
+loader's per-sample work (DataLoader inter-process transfer not included).
 """
 
 from __future__ import annotations
@@ -139,9 +142,10 @@ def _gpu_rate(cfg, learner, loader, tflops: float) -> tuple[float, str, float]:
     return result.examples / result.seconds, f"measured on {torch.cuda.get_device_name(0)}", gflop
 
 
-def _profile(cfg, case: GpuCase, dataset, n: int) -> dict[str, float]:
+def _profile(cfg, case: GpuCase, dataset, n: int) -> dict[str, dict[str, float]]:
     """Milliseconds per sample by stage, single process, before and after (the first ``n``
-    examples of the training ``dataset``)."""
+    examples of the training ``dataset``): wall clock and this process's CPU time (the latter
+    barely depends on what else the machine runs)."""
     import numpy as np
 
     from fedecho.data.cache import DecodedCache
@@ -159,11 +163,13 @@ def _profile(cfg, case: GpuCase, dataset, n: int) -> dict[str, float]:
     transform = build_transform("seg_train", _augment(cfg, case.size))
     cache = DecodedCache(reader, cfg.data.cache_dir, (case.size, case.size))
     clock: dict[str, float] = {}
+    cpu: dict[str, float] = {}
 
     def lap(name: str, fn):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         out = fn()
         clock[name] = clock.get(name, 0.0) + time.perf_counter() - start
+        cpu[name] = cpu.get(name, 0.0) + time.process_time() - start_cpu
         return out
 
     before, after = [], []
@@ -182,7 +188,9 @@ def _profile(cfg, case: GpuCase, dataset, n: int) -> dict[str, float]:
     lap("before: collate", lambda: collate_examples(before))
     batch = lap("after: collate", lambda: collate_examples(after))
     lap("after: batched augmentation (this CPU)", lambda: augment_batch(batch, "cpu"))
-    return {k: round(1e3 * v / len(records), 3) for k, v in clock.items()}
+    wall = {k: round(1e3 * v / len(records), 3) for k, v in clock.items()}
+    cpu_ms = {k: round(1e3 * v / len(records), 3) for k, v in cpu.items()}
+    return {"wall": wall, "cpu": cpu_ms}
 
 
 def _measure(case: GpuCase, root: str, reps: int, tmp: Path) -> list[Row]:
@@ -215,8 +223,13 @@ def _measure(case: GpuCase, root: str, reps: int, tmp: Path) -> list[Row]:
         "before_no_cache_cpu_augmentation_workers_0": round(before, 1),
         "gpu_rate": round(gpu, 1), "gpu_rate_from": how, "training_gflop_per_sample": round(gflop, 2),
         "coverage_cached_over_gpu": float(f"{cached.median / gpu:.4g}"), "workers": workers, "train_items": n,
-        "profile_ms_per_sample": profile,
+        "profile_ms_per_sample": profile["wall"], "profile_cpu_ms_per_sample": profile["cpu"],
     }
+    loader_cpu = sum(v for k, v in profile["cpu"].items() if k.startswith("after:") and "batched" not in k)
+    old_cpu = sum(v for k, v in profile["cpu"].items() if k.startswith("before:"))
+    # what the cores would sustain if they ran only this (worker IPC not included)
+    details["cpu_bound_rate_on_idle_cores"] = {"after": round(workers * 1e3 / loader_cpu, 1),
+                                               "before": round(workers * 1e3 / old_cpu, 1)}
     note = (f"{case.task} on {case.model}, batch {case.batch}, {workers} workers, {n} items; cold {cold:.0f}, "
             f"before {before:.0f}, GPU {gpu:.0f} {case.unit} ({how})")
     rate_row = Row(f"{case.name}: cached loader", f"{case.unit} from the cache, device augmentation", case.unit,

@@ -64,4 +64,5 @@ def test_quick_pipeline_gpu_reports_cold_cached_before_and_gpu_rates(tmp_path):
         assert d["gpu_rate"] > 0 and d["training_gflop_per_sample"] > 0 and "TFLOP/s" in d["gpu_rate_from"]
         assert d["coverage_cached_over_gpu"] == pytest.approx(row.summary.median / d["gpu_rate"], rel=1e-2)
         assert {"before: decode", "after: cache read", "after: batched augmentation (this CPU)"} <= set(
-            d["profile_ms_per_sample"])
+            d["profile_ms_per_sample"]) and d["profile_ms_per_sample"].keys() == d["profile_cpu_ms_per_sample"].keys()
+        assert d["cpu_bound_rate_on_idle_cores"]["after"] > 0
