@@ -70,12 +70,12 @@ def _cases(quick: bool) -> list[GpuCase]:
         GpuCase("AVI clips 16×112² (EchoNet-Dynamic)", "echonet-dynamic", "ef", "r2plus1d18", 112, 8, 500, "clips/s",
                 synth_patients=32, extra=("task.clip_length=16",)),
         GpuCase("NIfTI frames 256² (CAMUS, seg_train augmentation)", "camus", "lv_seg", "segformer-b0", 256, 16, 2000,
-                "frames/s", synth_patients=16),
+                "frames/s", synth_patients=48),
     ]
     root = real_camus_root()
     if root is not None:
         cases.append(GpuCase("NIfTI frames 256² (real CAMUS subset)", "camus", "lv_seg", "segformer-b0", 256, 16,
-                             2000, "frames/s", root=str(root), max_records=160))
+                             2000, "frames/s", root=str(root), max_records=400))
     return cases
 
 
@@ -188,6 +188,7 @@ def _profile(cfg, case: GpuCase, dataset, n: int) -> dict[str, dict[str, float]]
         raw = dict(raw)
         raw["augment"] = lap("after: parameter draw", lambda e=raw: sample_params(transform, e.get("image", e.get("clip")).shape[-2:], rng))
         after.append(_to_tensors(raw))
+    collate_examples(before), collate_examples(after)  # warm-up: the first call pays one-off costs
     lap("before: collate", lambda: collate_examples(before))
     batch = lap("after: collate", lambda: collate_examples(after))
     lap("after: batched augmentation (this CPU)", lambda: augment_batch(batch, "cpu"))
@@ -204,7 +205,7 @@ def _measure(case: GpuCase, root: str, reps: int, tmp: Path) -> list[Row]:
     loader, learner = _loader(cfg, case)
     n = len(loader.dataset)
     cold = _epoch_rate(loader, 1)
-    min_samples = max(n, 4 * case.batch * workers)
+    min_samples = max(n, 8 * case.batch * workers)
     cpu_cfg = _config(case, root, cache_dir, augment_on="loader", num_workers=workers)
     cpu_loader, _ = _loader(cpu_cfg, case)
     epochs = iter(range(2, 10**6, 1))
