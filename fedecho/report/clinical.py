@@ -135,13 +135,32 @@ def plot_clinical(arms: Mapping[str, Path], quantity: str = "ef_pct"):
     return fig
 
 
+def _frozen_encoder(cfg: Any, checkpoint: Any) -> dict[str, Any] | None:
+    """The encoder the run's adapt phase started from, as the coordinator chose it: the pretrain
+    phase's result, else ``cfg.init``, else None (the seeded initialisation)."""
+    import torch
+
+    if "pretrain" in checkpoint.finished:
+        from fedecho.engine.build import build_pretrain_learner
+
+        learner = build_pretrain_learner(cfg)
+        learner.load_shared_state_dict({k: torch.from_numpy(np.array(v)) for k, v in
+                                        checkpoint.phase_arrays("pretrain").items()})
+        return {k: v.detach().clone() for k, v in learner.method.backbone.state_dict().items()}
+    if cfg.init:
+        from fedecho.engine.build import encoder_state_from_checkpoint
+
+        return encoder_state_from_checkpoint(cfg.init)
+    return None
+
+
 def predict_clinical(cfg: Any, run_dir: Path, task_name: str = "lv_seg") -> Path | None:
     """Predict ED/ES masks of the pooled test split with ``run_dir``'s final global ``task_name``
     model and write ``run_dir/clinical.npz``; None when the data has no ED/ES pairs (labels
     ``phase`` ED and ES of one patient and view, with masks) or the run has no final model."""
     import torch
 
-    from fedecho.engine.build import build_task_learner, encoder_state_from_checkpoint
+    from fedecho.engine.build import build_task_learner
     from fedecho.engine.data import load_site
     from fedecho.engine.loaders import _augment
     from fedecho.federation.state import RunCheckpoint
@@ -160,7 +179,7 @@ def predict_clinical(cfg: Any, run_dir: Path, task_name: str = "lv_seg") -> Path
     pairs = {k: v for k, v in pairs.items() if len(v) == 2}
     if not pairs:
         return None
-    encoder = encoder_state_from_checkpoint(cfg.init) if cfg.init else None
+    encoder = _frozen_encoder(cfg, checkpoint)
     learner = build_task_learner(cfg, task_name, encoder_state=encoder)
     arrays = checkpoint.phase_arrays(f"adapt:{task_name}")
     learner.load_shared_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
