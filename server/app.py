@@ -16,6 +16,7 @@ def build_app(run_config: dict | None = None) -> ServerApp:
         import logging
 
         from fedecho.config.compose import run_config_from_flower
+        from fedecho.deploy.grid import prompt
         from fedecho.federation.coordinator import Coordinator
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -24,7 +25,7 @@ def build_app(run_config: dict | None = None) -> ServerApp:
         logging.getLogger("flwr").propagate = False
         logging.getLogger("httpx").setLevel(logging.WARNING)
         cfg, resume = run_config_from_flower({**(run_config or {}), **dict(context.run_config)})
-        coordinator = Coordinator(cfg, grid, resume=resume)
+        coordinator = Coordinator(cfg, prompt(grid), resume=resume)  # replies as they arrive
         coordinator.run()
         coordinator.write_report()
 

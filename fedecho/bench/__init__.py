@@ -4,7 +4,7 @@
 >>> record = run_benchmarks(["bytes"], BenchOptions(quick=True), command="fedecho bench bytes --quick")  # doctest: +SKIP
 >>> write_results(record, "benchmarks/results")  # doctest: +SKIP
 
-One module per benchmark family (``federation_ratio``, ``wire``, ``engine_step``, ``pipeline``,
+One module per benchmark family (``federation_ratio``, ``wire``, ``engine_step``, ``pipeline``, ``deploy_round``,
 ``privacy``, ``scale``, ``aggregation``, ``ssl_throughput`` with ``flops``); ``common`` holds the
 options, machine, summaries, goals and rows; ``report`` runs benchmarks and writes JSON +
 Markdown; ``registry`` names them (:data:`BENCHMARKS`).

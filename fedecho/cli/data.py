@@ -1,4 +1,4 @@
-"""``fedecho data synth`` and ``fedecho data check``."""
+"""``fedecho data synth``, ``fedecho data check`` and ``fedecho data cache-clear``."""
 
 from __future__ import annotations
 
@@ -36,6 +36,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        help="DICOM without PatientID/StudyInstanceUID/SOPInstanceUID: derive them as documented")
     check.set_defaults(func=_check)
 
+    clear = data_sub.add_parser(
+        "cache-clear",
+        help="delete the site's decoded cache (it is rebuilt by the next training pass)",
+        description="Deletes only entries the decoded cache wrote (fedecho.data.cache).",
+    )
+    clear.add_argument("--dir", default=None,
+                       help="cache folder (default: $FEDECHO_CACHE/decoded; a deployed site: STATE_DIR/decoded, "
+                            "or the data.cache_dir it was given)")
+    clear.set_defaults(func=_cache_clear)
+
 
 def _synth(args: argparse.Namespace) -> int:
     from fedecho.data.synthetic import synthesize
@@ -49,6 +59,15 @@ def _synth(args: argparse.Namespace) -> int:
         f"wrote {summary.format} data to {summary.out}: {summary.patients} patients, {summary.studies} studies, "
         f"{summary.items} items in {summary.seconds:.1f} s"
     )
+    return 0
+
+
+def _cache_clear(args: argparse.Namespace) -> int:
+    from fedecho.data.cache import clear_cache, default_cache_dir
+
+    folder = args.dir or str(default_cache_dir())
+    entries, freed = clear_cache(folder)
+    print(f"removed {entries} decoded item(s), {freed / 1e6:.1f} MB, from {folder}")
     return 0
 
 

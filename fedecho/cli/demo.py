@@ -2,7 +2,8 @@
 
 Three virtual hospital sites with different scanner looks, a short SimCLR pretraining phase, then
 LoRA adapter phases for view classification and LV segmentation, then evaluation on each site's
-test patients (``conf/demo.yaml``). Prints a table per round and where the logs and report are.
+test patients (``conf/demo.yaml``). Prints one line per phase and round, a final table, and where
+the history, Flower's log, TensorBoard logs and report are (fedecho.federation.progress).
 """
 
 from __future__ import annotations
@@ -34,6 +35,4 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"\ndemo finished in {result['seconds']:.0f} s")
     print(f"  Flower log:  {result['log']}")
     print(f"  history:     {run / 'history.json'}")
-    print(f"  TensorBoard: tensorboard --logdir {run / 'tb'}")
-    print(f"  report:      {run / 'report' / 'report.md'}")
     return 0

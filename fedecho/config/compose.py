@@ -9,7 +9,11 @@ from pathlib import Path
 
 from fedecho.config.run import RunConfig, from_dict
 
-__all__ = ["compose_run_config", "conf_dir", "run_config_from_flower"]
+__all__ = ["SIGNED_RUN_KEYS", "compose_run_config", "conf_dir", "run_config_from_flower"]
+
+#: The run grant and its signature (fedecho.deploy.signing GRANT_KEY / SIGNATURE_KEY): checked by the
+#: site, never configuration.
+SIGNED_RUN_KEYS = ("fedecho-grant", "fedecho-signature")
 
 
 def conf_dir() -> Path:
@@ -43,11 +47,12 @@ def run_config_from_flower(values: dict) -> tuple[RunConfig, bool]:
 
     Keys: ``experiment`` (a config name in ``conf/``, default ``federated``), ``overrides`` (Hydra
     overrides, space separated), ``resume`` (bool), and any dotted key of the schema
-    (``"train.lr" = 0.01``), applied after ``overrides``.
+    (``"train.lr" = 0.01``), applied after ``overrides``. The run grant and its signature are
+    dropped (the site verifies them before it gets here).
     """
     import shlex
 
-    values = dict(values)
+    values = {k: v for k, v in values.items() if k not in SIGNED_RUN_KEYS}
     experiment = str(values.pop("experiment", "federated") or "federated")
     overrides = shlex.split(str(values.pop("overrides", "") or ""))
     resume = bool(values.pop("resume", False))

@@ -83,6 +83,12 @@ class DataConfig:
     synthetic_style: str = "mixed"
     """format=synthetic: a scanner style name, or mixed (one per patient, in the scanner label)."""
     synthetic_image_size: int | None = None
+    cache: bool = True
+    """Decode each item once into a uint8 store at the training size (fedecho.data.cache); later
+    epochs, rounds and runs read it. ``fedecho data cache-clear`` empties it."""
+    cache_dir: str | None = None
+    """Where the decoded cache lives; None: the site's state directory when deployed, else
+    $FEDECHO_CACHE/decoded (~/.cache/fedecho/decoded)."""
     partition: PartitionConfig = field(default_factory=PartitionConfig)
 
     def __post_init__(self) -> None:
@@ -99,6 +105,8 @@ class DataConfig:
             raise ValueError(f"data.split_fractions must be 3 numbers summing to 1, got {self.split_fractions}")
         if self.format == "synthetic" and self.synthetic_format not in _FORMATS[:-1]:
             raise ValueError(f"data.synthetic_format must be one of {', '.join(_FORMATS[:-1])}")
+        if self.id_fallback and self.format != "dicom":
+            raise ValueError(f"data.id_fallback=true applies to data.format=dicom only (got {self.format})")
         if self.synthetic_patients < 1:
             raise ValueError("data.synthetic_patients must be >= 1")
         if not 0 < self.label_fraction <= 1:

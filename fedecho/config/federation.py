@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
-__all__ = ["FederationConfig", "PhaseConfig", "PrivacyConfig", "StrategyConfig", "STRATEGY_NAMES"]
+__all__ = ["FederationConfig", "PhaseConfig", "PrivacyConfig", "StrategyConfig", "MEAN_STRATEGIES",
+           "STRATEGY_NAMES", "WEIGHTING_MODES"]
 
 STRATEGY_NAMES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm", "fedmedian", "fedtrimmedavg", "krum")
+#: Strategies whose aggregate is a (weighted) mean of the updates, optionally followed by a server
+#: optimiser step: the only ones whose sensitivity to one site site-level DP noise is calibrated for.
+MEAN_STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm")
+#: federation.weighting: auto = examples, or uniform where the aggregation requires it (site-level DP).
+WEIGHTING_MODES = ("auto", "examples", "uniform")
 
 
 @dataclass
@@ -111,6 +118,12 @@ class FederationConfig:
     run_dir: str = "runs/federated"
     central_eval: bool = True
     """Simulation: the coordinator also evaluates the global model on the pooled test split."""
+    weighting: str = "auto"
+    """How sites' updates are weighted: auto | examples | uniform. auto = by num-examples, or uniform
+    where the aggregation requires it (privacy.mode=site). See fedecho.federation.weights."""
+    max_weight_ratio: float | None = 10.0
+    """examples weighting: a site's weight is clipped to this x the round's median weight (so one site
+    lying about its num-examples cannot take over the model); null: unbounded."""
 
     def __post_init__(self) -> None:
         for name in ("pretrain", "adapt"):
@@ -126,6 +139,20 @@ class FederationConfig:
             raise ValueError("federation.adapt.rounds > 0 needs federation.tasks (e.g. [view, lv_seg])")
         if len(set(self.tasks)) != len(self.tasks):
             raise ValueError(f"federation.tasks lists a task twice: {list(self.tasks)}")
+        if self.weighting not in WEIGHTING_MODES:
+            raise ValueError(f"federation.weighting {self.weighting!r} is unknown; valid: {', '.join(WEIGHTING_MODES)}")
+        if self.max_weight_ratio is not None and not (math.isfinite(self.max_weight_ratio)
+                                                      and self.max_weight_ratio >= 1):
+            raise ValueError(f"federation.max_weight_ratio must be >= 1 (or null for unbounded), "
+                             f"got {self.max_weight_ratio}")
+        if self.privacy.mode == "site":
+            if self.weighting == "examples":
+                raise ValueError("federation.weighting=examples cannot be used with federation.privacy.mode=site: site-level "
+                                 "DP calibrates its noise for a uniform mean; set federation.weighting=auto or uniform")
+            if self.strategy.name not in MEAN_STRATEGIES:
+                raise ValueError(f"federation.privacy.mode=site needs a strategy that averages updates "
+                                 f"({', '.join(MEAN_STRATEGIES)}); {self.strategy.name} has a different "
+                                 f"sensitivity to one site: set federation.strategy.name=fedavg")
         if self.strategy.min_sites > self.num_sites:
             raise ValueError(
                 f"strategy.min_sites={self.strategy.min_sites} exceeds federation.num_sites={self.num_sites}; "

@@ -21,7 +21,6 @@ from fedecho.config.train import TrainConfig
 __all__ = ["RunConfig", "flatten", "from_dict", "to_dict", "unflatten"]
 
 _ENCODER_MODES = ("full", "lora", "frozen")
-_CONTRASTIVE = ("simclr", "multi_instance", "echoclr")
 
 
 @dataclass
@@ -50,11 +49,14 @@ class RunConfig:
             raise ValueError(f"encoder {self.encoder!r} is unknown; valid: {', '.join(_ENCODER_MODES)}")
         privacy = self.federation.privacy
         pretraining = self.mode == "pretrain" or self.federation.pretrain.rounds > 0
-        if privacy.mode == "sample" and pretraining and self.ssl.method in _CONTRASTIVE:
+        coupled = self.ssl.batch_coupled_parts() if privacy.mode == "sample" and pretraining else []
+        if coupled:
+            fix = "ssl.koleo_weight=0 ssl.centering=softmax, " if self.ssl.method == "dinov2" else ""
             raise ValueError(
-                f"privacy.mode=sample (DP-SGD) cannot protect {self.ssl.method} pretraining: its NT-Xent "
-                f"loss couples the samples of a batch. Use federation.privacy.mode=site (clipping and noise "
-                f"of site updates at the coordinator), or ssl.method=dino, or no pretraining phase"
+                f"privacy.mode=sample (DP-SGD) cannot protect {self.ssl.method} pretraining: its "
+                f"{' and '.join(coupled)} couples the samples of a batch. Use federation.privacy.mode=site "
+                f"(clipping and noise of site updates at the coordinator), or {fix}ssl.method=dino, or no "
+                f"pretraining phase"
             )
         if privacy.mode == "sample" and self.model.norm == "batch" and self.model.name.startswith(("resnet", "r3d", "r2plus1d", "unet")):
             raise ValueError(

@@ -2,7 +2,7 @@
 
 :class:`AugmentConfig` parameterises the transform presets of :mod:`fedecho.transforms.presets`;
 :class:`SSLConfig` the methods of :mod:`fedecho.ssl` (SimCLR, multi-instance SimCLR, EchoCLR,
-DINO). Both validate themselves in ``__post_init__``; every error names the field and the fix.
+DINO, DINOv2). Both validate themselves in ``__post_init__``; every error names the field and the fix.
 Defaults follow the papers where they fit echo at 112 x 112 (EchoNet's size) and are noted where
 they differ.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 __all__ = ["SSL_METHOD_NAMES", "AugmentConfig", "SSLConfig"]
 
 #: Names of the pretraining methods (``fedecho.ssl.SSL_METHODS`` registers exactly these).
-SSL_METHOD_NAMES: tuple[str, ...] = ("simclr", "multi_instance", "echoclr", "dino")
+SSL_METHOD_NAMES: tuple[str, ...] = ("simclr", "multi_instance", "echoclr", "dino", "dinov2")
 
 #: Temperature used when ``SSLConfig.temperature`` is left ``None``: SimCLR's 0.5 (as in the
 #: SimCLR-RHD seed) and EchoCLR's 0.05 (Holste et al. 2023) for the multi-instance methods.
@@ -172,6 +172,38 @@ class SSLConfig:
     """Teacher EMA momentum follows a cosine from teacher_momentum to teacher_momentum_final
     over ``schedule_steps`` optimizer steps (Caron et al. 2021)."""
     schedule_steps: int = 10_000
+    # --- DINOv2 (Oquab et al. 2023; read by ssl.method=dinov2 only; defaults are the paper's) ----
+    ibot_weight: float = 1.0
+    """Weight of the iBOT masked-patch loss (0 = off: no masking, no mask token, no patch head)."""
+    ibot_separate_head: bool = False
+    """A patch head of its own (True) or the [CLS] DINO head shared (False, DINOv2's default)."""
+    ibot_out_dim: int | None = None
+    """Prototypes of a separate patch head; ``None`` = dino_out_dim."""
+    mask_probability: float = 0.5
+    """Probability that a global crop is masked at all (DINOv2: 0.5)."""
+    mask_ratio: tuple[float, float] = (0.1, 0.5)
+    """Range of the per-crop masked fraction of patches (DINOv2: (0.1, 0.5))."""
+    mask_min_patches: int = 4
+    """Smallest block area in patches."""
+    mask_max_fraction: float = 0.5
+    """Largest block area as a fraction of the patches (DINOv2: 0.5)."""
+    mask_min_aspect: float = 0.3
+    """Block aspect ratios are log-uniform in [mask_min_aspect, 1 / mask_min_aspect]."""
+    koleo_weight: float = 0.1
+    """Weight of KoLeo on the student's [CLS] features of each global crop (0 = off)."""
+    centering: str = "sinkhorn"
+    """Teacher target centring: "sinkhorn" (Sinkhorn-Knopp, DINOv2) or "softmax" (DINO's centre)."""
+    sinkhorn_iterations: int = 3
+    weight_decay_final: float | None = 0.2
+    """Weight decay follows a cosine from train.weight_decay to this over ``schedule_steps``
+    (DINOv2: 0.04 -> 0.2); ``None`` = constant train.weight_decay."""
+    layerwise_decay: float = 0.9
+    """Layer-wise lr decay: block i of L gets lr * decay^(L + 1 - i), embeddings decay^(L + 1),
+    heads and final norm the full lr (DINOv2: 0.9; 1 = off)."""
+    patch_embed_lr_mult: float = 0.2
+    """Extra lr factor of the patch embedding (DINOv2: 0.2; 1 = off)."""
+    norm_bias_weight_decay: bool = False
+    """Apply weight decay to biases, norms and tokens too (DINOv2: no, False)."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
@@ -206,6 +238,7 @@ class SSLConfig:
             )
         if self.frame_order_weight < 0:
             raise ValueError(f"{owner}.frame_order_weight={self.frame_order_weight}; use >= 0")
+        self._check_dinov2(owner)
         for name in ("projection_dim", "dino_out_dim", "dino_hidden_dim", "dino_bottleneck_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{owner}.{name}={getattr(self, name)}; use a positive size")
@@ -220,3 +253,37 @@ class SSLConfig:
                 raise ValueError(f"{owner}.{name}={getattr(self, name)}; use [0, 1] (DINO: 0.996 -> 1)")
         if self.schedule_steps < 1 or self.warmup_teacher_temp_steps < 0:
             raise ValueError(f"{owner}: schedule_steps must be >= 1, warmup_teacher_temp_steps >= 0")
+
+    def _check_dinov2(self, owner: str) -> None:
+        if self.centering not in ("sinkhorn", "softmax"):
+            raise ValueError(f"{owner}.centering={self.centering!r}; use 'sinkhorn' or 'softmax'")
+        for name in ("ibot_weight", "koleo_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{owner}.{name}={getattr(self, name)}; use >= 0 (0 turns it off)")
+        _check_probability(owner, "mask_probability", self.mask_probability)
+        _check_range(owner, "mask_ratio", tuple(self.mask_ratio), 0.0, 1.0)
+        if not 0.0 < self.mask_max_fraction <= 1.0 or not 0.0 < self.mask_min_aspect <= 1.0:
+            raise ValueError(f"{owner}: mask_max_fraction and mask_min_aspect must be in (0, 1]")
+        if self.mask_min_patches < 1 or self.sinkhorn_iterations < 1:
+            raise ValueError(f"{owner}: mask_min_patches and sinkhorn_iterations must be >= 1")
+        if self.ibot_out_dim is not None and self.ibot_out_dim < 1:
+            raise ValueError(f"{owner}.ibot_out_dim={self.ibot_out_dim}; use a positive size or None")
+        if not 0.0 < self.layerwise_decay <= 1.0 or self.patch_embed_lr_mult <= 0:
+            raise ValueError(
+                f"{owner}: layerwise_decay={self.layerwise_decay} must be in (0, 1] (1 = off) and "
+                f"patch_embed_lr_mult={self.patch_embed_lr_mult} > 0"
+            )
+        if self.weight_decay_final is not None and self.weight_decay_final < 0:
+            raise ValueError(f"{owner}.weight_decay_final={self.weight_decay_final}; use >= 0 or null")
+
+    def batch_coupled_parts(self) -> list[str]:
+        """Parts of this method whose loss couples the samples of a batch (no per-sample gradient:
+        sample-level DP-SGD cannot bound one sample's influence). Empty = DP-SGD compatible."""
+        if self.method in _DEFAULT_TEMPERATURE:
+            return ["NT-Xent"]
+        parts = []
+        if self.method == "dinov2" and self.koleo_weight > 0:
+            parts.append("KoLeo (ssl.koleo_weight > 0)")
+        if self.method == "dinov2" and self.centering == "sinkhorn":
+            parts.append("Sinkhorn-Knopp centring (ssl.centering=sinkhorn)")
+        return parts

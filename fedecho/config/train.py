@@ -32,7 +32,19 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     """auto (CUDA when available) | cpu | cuda | cuda:N"""
-    num_workers: int = 0
+    num_workers: int | None = None
+    """DataLoader worker processes; None = the free cores: all of them when training on CUDA (the
+    main process mostly waits for the GPU), those the training threads leave on CPU (usually 0).
+    Workers > 0 are persistent (kept across epochs)."""
+    pin_memory: bool | None = None
+    """Page-locked batches for fast, non-blocking host-to-device copies; None = on with CUDA."""
+    augment_on: str = "auto"
+    """Where training augmentation runs: loader (per sample, CPU, in the DataLoader) | device
+    (one batched op after the transfer, fedecho.transforms.batched) | auto (device on CUDA)."""
+    autocast: bool | None = None
+    """bf16 autocast of the forward pass and loss; None = on with CUDA (bf16 is not used on CPU)."""
+    channels_last: bool | None = None
+    """channels_last memory format for convolutions (3D: channels_last_3d); None = on with CUDA."""
     threads: int | None = None
     """torch intra-op threads (``torch.set_num_threads``); None keeps torch's default. On a machine
     whose cores other jobs share, 1 is often several times faster than the default."""
@@ -54,5 +66,9 @@ class TrainConfig:
             raise ValueError("train.early_stopping_patience must be >= 1 or null (no early stopping)")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"train.threads must be >= 1 or null (torch's default), got {self.threads}")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ValueError(f"train.num_workers must be >= 0 or null (the free cores), got {self.num_workers}")
+        if self.augment_on not in ("auto", "loader", "device"):
+            raise ValueError(f"train.augment_on must be auto, loader or device, got {self.augment_on!r}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(f"train.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")

@@ -92,6 +92,6 @@ def open_reader(fmt: str, root: str | Path, *, on_error: OnError = "raise", id_f
     """
     import fedecho.data.readers  # noqa: F401  (registers the built-in formats)
 
-    if fmt == "dicom":
-        return READERS.get(fmt)(root, on_error=on_error, id_fallback=id_fallback)
-    return READERS.get(fmt)(root, on_error=on_error)
+    if id_fallback and fmt != "dicom":
+        raise ValueError(f"data.id_fallback applies to DICOM folders only (data.format={fmt})")
+    return READERS.get(fmt)(root, on_error=on_error, **({"id_fallback": True} if id_fallback else {}))

@@ -3,8 +3,9 @@
 - a certificate authority (CA) that only the coordinator holds,
 - the SuperLink's TLS certificate, signed by the CA, with a subjectAltName for every host name and
   IP address the sites use to reach it (TLS clients check the SAN, never the common name),
-- per site, an ECDSA P-384 key pair in the OpenSSH formats Flower's SuperNode authentication reads
+- a site's ECDSA P-384 key pair in the OpenSSH formats Flower's SuperNode authentication reads
   (``--auth-supernode-private-key`` takes the private key, ``flwr supernode register`` the public).
+  Sites make their own pair (``fedecho-client init``); the coordinator only ever sees the public key.
 """
 
 from __future__ import annotations
@@ -142,10 +143,10 @@ def make_server_cert(ca: TlsFiles, directory: Path, hosts: list[str]) -> TlsFile
 
 
 def make_site_keys(directory: Path, site: str) -> KeyPair:
-    """``supernode.key`` (OpenSSH private) and ``supernode.pub`` (OpenSSH public, comment
+    """``site.key`` (OpenSSH private, mode 0600) and ``site.pub`` (OpenSSH public, comment
     ``fedecho-<site>``) in ``directory``."""
     key = _key()
-    pair = KeyPair(private=directory / "supernode.key", public=directory / "supernode.pub")
+    pair = KeyPair(private=directory / "site.key", public=directory / "site.pub")
     write_private(pair.private, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                                   serialization.NoEncryption()))
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)

@@ -6,6 +6,12 @@ the coordinator's per-round lines are printed as they come, the whole log goes t
 What was submitted (experiment, overrides, run ids) is kept in ``<run dir>/submission.json`` so
 that ``resume`` can submit the same run again with ``resume=true``: the coordinator then
 continues from its last checkpointed round (``fedecho.federation.state``).
+
+Every submission is signed (``fedecho.deploy.signing``): a :class:`RunGrant` over the experiment,
+the whole override list the sites will compose (the deployment's own ``num_sites``,
+``central_eval=false`` and ``run_dir`` included), resume, and the app's identity (``fab_id`` and
+version from the project's pyproject), signed with ``<federation>/signing/run_signing.key``; the
+run config carries it as ``fedecho-grant`` / ``fedecho-signature``.
 """
 
 from __future__ import annotations
@@ -14,20 +20,23 @@ import dataclasses
 import importlib.util
 import json
 import re
+import shlex
 import subprocess
 import sys
 import threading
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
 from fedecho.deploy.federation import Federation
 from fedecho.deploy.process import executable, flower_env
+from fedecho.deploy.signing import RunGrant, load_private_key, signed_run_config
 from fedecho.deploy.superlink import CONNECTION
 
-__all__ = ["RunOutcome", "Submission", "deployment_overrides", "project_dir", "resume_run", "run_status",
-           "stop_run", "submit_run"]
+__all__ = ["RunOutcome", "Submission", "app_identity", "deployment_overrides", "project_dir", "resume_run",
+           "run_status", "signed_config", "stop_run", "submit_run"]
 
 SUBMISSION_FILE = "submission.json"
 _RUN_ID = re.compile(r"Successfully started run (\d+)")
@@ -97,11 +106,29 @@ def deployment_overrides(federation: Federation, overrides: list[str], run_dir: 
             f"federation.run_dir={run_dir}"]
 
 
-def _toml(experiment: str, overrides: list[str], resume: bool) -> str:
-    import shlex
+def app_identity(root: Path | None = None) -> tuple[str, str]:
+    """(fab_id, version) of the Flower app as ``flwr run`` builds it: ``<publisher>/<name>`` and
+    the ``[project]`` version of the app's pyproject."""
+    values = tomllib.loads(((root or project_dir()) / "pyproject.toml").read_text())
+    publisher = values["tool"]["flwr"]["app"]["publisher"]
+    return f"{publisher}/{values['project']['name']}", str(values["project"]["version"])
 
-    return (f"experiment = {json.dumps(experiment)}\noverrides = {json.dumps(shlex.join(overrides))}\n"
-            f"resume = {'true' if resume else 'false'}\n")
+
+def signed_config(federation: Federation, experiment: str, overrides: list[str], resume: bool) -> dict:
+    """The run config of a submission: experiment, overrides (one shell-quoted string), resume, and
+    the grant over them signed with the federation's run-signing key."""
+    if not federation.signing_key.is_file():
+        raise FileNotFoundError(f"{federation.signing_key} not found: runs are signed with the key "
+                                f"`fedecho-server init` made; this federation folder has none")
+    app_id, app_version = app_identity()
+    grant = RunGrant(experiment=experiment, overrides=shlex.join(overrides), resume=resume, app_id=app_id,
+                     app_version=app_version)
+    return signed_run_config(load_private_key(federation.signing_key), grant)
+
+
+def _toml(values: dict) -> str:
+    """A flat TOML table of strings and booleans (what ``flwr run --run-config FILE`` reads)."""
+    return "".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items())
 
 
 def _flwr(federation: Federation, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
@@ -139,7 +166,8 @@ def submit_run(federation: Federation, experiment: str, overrides: list[str], *,
                   Submission(str(federation.root), experiment, list(overrides), str(run_dir)))
     submission.save()
     config_file = run_dir / ("resume.toml" if resume else "submit.toml")
-    config_file.write_text(_toml(experiment, deployment_overrides(federation, list(overrides), run_dir), resume))
+    config = signed_config(federation, experiment, deployment_overrides(federation, list(overrides), run_dir), resume)
+    config_file.write_text(_toml(config))
     command = [executable("flwr"), "run", str(project_dir()), CONNECTION, "--run-config", str(config_file), "--stream"]
     start = time.perf_counter()
     run_id = None

@@ -1,6 +1,7 @@
 """The coordinator's SuperLink: its command line (TLS, SuperNode authentication, persistent state,
-no run-time dependency installation), the Flower CLI connection to it, and registering the sites'
-public keys (``flwr supernode register``)."""
+no run-time dependency installation, bound to 127.0.0.1 only: the public port is the gateway's,
+see fedecho.deploy.gateway), the Flower CLI connection to it (loopback), and registering the
+sites' public keys (``flwr supernode register`` over the loopback Control API)."""
 
 from __future__ import annotations
 
@@ -11,17 +12,21 @@ from pathlib import Path
 from fedecho.deploy.federation import Federation
 from fedecho.deploy.process import executable, flower_env
 
-__all__ = ["CONNECTION", "register_sites", "superlink_command", "write_connection"]
+__all__ = ["CONNECTION", "LOOPBACK", "register_sites", "superlink_command", "superlink_env", "write_connection"]
 
 #: The name of the SuperLink connection in ``<federation>/flwr_home/config.toml``.
 CONNECTION = "fedecho"
+#: The SuperLink's only address: its Control and Runtime APIs are never reachable from the network.
+LOOPBACK = "127.0.0.1"
+#: Environment switches that would start Flower's legacy gRPC Control / Fleet servers on other ports.
+_LEGACY_GRPC = ("FLWR_INTERNAL_GRPC_CONTROL_API", "FLWR_INTERNAL_GRPC_FLEET_API")
 
 
-def superlink_command(federation: Federation, *, host: str = "0.0.0.0", port: int | None = None,
-                      log_file: str | Path | None = None) -> list[str]:
-    """``flower-superlink`` for ``federation``: HTTPS with the federation's certificate, only
-    registered SuperNodes admitted, state kept in ``state/superlink.db`` across restarts, and no
-    ``uv sync`` of app dependencies (the coordinator is offline; it could replace torch)."""
+def superlink_command(federation: Federation, *, port: int, log_file: str | Path | None = None) -> list[str]:
+    """``flower-superlink`` for ``federation`` on ``127.0.0.1:port``: HTTPS with the federation's
+    certificate, only registered SuperNodes admitted, state kept in ``state/superlink.db`` across
+    restarts, and no ``uv sync`` of app dependencies (the coordinator is offline; it could replace
+    torch)."""
     tls = federation.tls
     missing = [str(p) for p in (tls.ca_cert, tls.cert, tls.key) if not p.is_file()]
     if missing:
@@ -35,12 +40,20 @@ def superlink_command(federation: Federation, *, host: str = "0.0.0.0", port: in
         "--enable-supernode-auth",
         "--database", str(federation.database),
         "--disable-runtime-dependency-installation",
-        "--host", host,
-        "--port", str(port or federation.port),
+        "--host", LOOPBACK,
+        "--port", str(port),
     ]
     if log_file is not None:
         command += ["--log-file", str(log_file)]
     return command
+
+
+def superlink_env(federation: Federation) -> dict[str, str]:
+    """The SuperLink's environment: :func:`flower_env` without the legacy gRPC server switches."""
+    env = flower_env(federation.flwr_home)
+    for name in _LEGACY_GRPC:
+        env.pop(name, None)
+    return env
 
 
 def write_connection(federation: Federation, address: str, name: str = CONNECTION) -> Path:
@@ -55,12 +68,14 @@ def write_connection(federation: Federation, address: str, name: str = CONNECTIO
     return path
 
 
-def register_sites(federation: Federation, name: str = CONNECTION, timeout: float = 60.0) -> dict[str, str]:
-    """Register every site's public key with the running SuperLink (idempotent: a key the
-    SuperLink already knows is fine). Returns ``{site: "registered" | "already registered"}``."""
+def register_sites(federation: Federation, sites: list[str] | None = None, name: str = CONNECTION,
+                   timeout: float = 60.0) -> dict[str, str]:
+    """Register the public keys of ``sites`` (default: all) with the running SuperLink over its
+    loopback Control API (idempotent: a key the SuperLink already knows is fine). Returns
+    ``{site: "registered" | "already registered"}``."""
     status: dict[str, str] = {}
     env = flower_env(federation.flwr_home)
-    for site in federation.sites:
+    for site in federation.sites if sites is None else sites:
         key = federation.public_key(site)
         if not key.is_file():
             raise FileNotFoundError(f"public key of site {site} not found at {key}")

@@ -1,19 +1,53 @@
-"""A site's SuperNode: the ``flower-supernode`` command from the site's bundle (the federation's CA
-to check the SuperLink, the site's private key to authenticate) and the node config the ClientApp
-reads (``client/app.py``: data-format, data-root, state-dir, site-index, device)."""
+"""A site's SuperNode and its warm worker.
+
+``flower-supernode`` joins the SuperLink with the site's bundle (the federation's CA to check the
+SuperLink, the site's private key to authenticate) in Flower's ``--isolation process`` mode: it
+queues one task per received message and serves them on its Runtime API on 127.0.0.1 ``--port``,
+where only the holder of the SuperExec secret (``<state dir>/worker.secret``, 0600) may claim
+them. FedEcho's site worker (:mod:`fedecho.deploy.worker`) is that holder: one long-lived process
+that runs the site's installed ClientApp for every message. :func:`supervise` keeps the pair
+running: a worker that dies is started again (the site's state is on disk), the SuperNode's exit
+ends both.
+
+The SuperNode runs as ``python -m fedecho.deploy.supernode --idle-poll S -- <flower-supernode
+arguments>``: Flower's own ``flower-supernode`` main, with two changes: its loop waits at most
+``S`` seconds (default :data:`IDLE_POLL_S`) where Flower 1.41 waits 3 s before asking the
+SuperLink for the next message and 0.5 s for the worker's reply, and it fetches a message's
+tensors promptly (:func:`fedecho.deploy.grid.fast_object_pulls`). (Flower's waits add 1-7 s to
+every message; each idle poll is one small authenticated HTTPS request.)
+
+The node config the ClientApp reads (``client/app.py``): bundle-dir, site, site-index,
+data-format, data-root, state-dir, device.
+"""
 
 from __future__ import annotations
 
 import json
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from fedecho.deploy.federation import SiteBundle
-from fedecho.deploy.process import executable
+from fedecho.deploy.process import ManagedProcess, executable
 
-__all__ = ["DEFAULT_CLIENTAPPIO_PORT", "node_config", "supernode_command"]
+__all__ = ["DEFAULT_CLIENTAPPIO_PORT", "IDLE_POLL_S", "WORKER_SECRET", "bundle_fields", "node_config", "supernode_command", "supervise",
+           "worker_command"]
 
-#: Flower's default local port of a SuperNode (its ClientApp API); one per SuperNode on a host.
+#: Flower's default local port of a SuperNode (its Runtime API); one per SuperNode on a host.
 DEFAULT_CLIENTAPPIO_PORT = 9094
+#: Longest wait of the SuperNode's loop between two looks for work (Flower's own: 3 s).
+IDLE_POLL_S = 0.25
+#: The SuperExec shared secret between a SuperNode and its worker, in the site's state folder.
+WORKER_SECRET = "worker.secret"
+
+
+def bundle_fields(bundle: Any) -> tuple[Path, str, int]:
+    """(folder, site name, site index) of a site bundle (``SiteBundle`` of fedecho.deploy.federation)."""
+    folder = getattr(bundle, "path", None) or bundle.root
+    name = getattr(bundle, "name", None) or bundle.site
+    index = getattr(bundle, "index", None)
+    return Path(folder), str(name), int(bundle.site_index if index is None else index)
 
 
 def _toml_string(key: str, value: str) -> str:
@@ -23,12 +57,14 @@ def _toml_string(key: str, value: str) -> str:
     return json.dumps(value)
 
 
-def node_config(bundle: SiteBundle, *, data_root: str | Path, data_format: str, state_dir: str | Path,
+def node_config(bundle: Any, *, data_root: str | Path, data_format: str, state_dir: str | Path,
                 device: str | None = None) -> str:
-    """The ``--node-config`` string; paths are made absolute (the ClientApp runs elsewhere)."""
+    """The ``--node-config`` string; paths are made absolute (the worker runs elsewhere)."""
+    folder, name, index = bundle_fields(bundle)
     values = {
-        "site": _toml_string("site", bundle.site),
-        "site-index": str(int(bundle.site_index)),
+        "bundle-dir": _toml_string("site folder", str(folder.resolve())),
+        "site": _toml_string("site", name),
+        "site-index": str(index),
         "data-format": _toml_string("data format", data_format),
         "data-root": _toml_string("data path", str(Path(data_root).resolve())),
         "state-dir": _toml_string("state directory", str(Path(state_dir).resolve())),
@@ -38,23 +74,138 @@ def node_config(bundle: SiteBundle, *, data_root: str | Path, data_format: str, 
     return " ".join(f"{k}={v}" for k, v in values.items())
 
 
-def supernode_command(bundle: SiteBundle, *, superlink: str, data_root: str | Path, data_format: str,
+def supernode_command(bundle: Any, *, superlink: str, data_root: str | Path, data_format: str,
                       state_dir: str | Path, port: int = DEFAULT_CLIENTAPPIO_PORT, device: str | None = None,
-                      max_retries: int | None = None, max_wait_time: float | None = None) -> list[str]:
-    """``flower-supernode`` joining ``superlink`` (HOST:PORT) over TLS as ``bundle``'s site."""
+                      max_retries: int | None = None, max_wait_time: float | None = None,
+                      secret_file: str | Path | None = None, idle_poll: float | None = IDLE_POLL_S) -> list[str]:
+    """``flower-supernode`` joining ``superlink`` (HOST:PORT) over TLS as ``bundle``'s site.
+
+    With ``secret_file`` (what ``fedecho-client start`` uses) the SuperNode runs in process
+    isolation for a FedEcho worker; without it, Flower's own per-message ``flwr-clientapp``
+    (kept for ``fedecho bench deploy-round``'s before number only). ``idle_poll`` None: Flower's
+    own loop timing."""
     if ":" not in superlink or not superlink.rsplit(":", 1)[1].isdigit():
         raise ValueError(f"--superlink {superlink!r} must be HOST:PORT (e.g. coordinator.example.org:9093)")
     command = [
-        executable("flower-supernode"),
+        *(_prompt_supernode(idle_poll) if idle_poll else [executable("flower-supernode")]),
         "--superlink", superlink,
-        "--root-certificates", str(bundle.ca_cert.resolve()),
-        "--auth-supernode-private-key", str(bundle.private_key.resolve()),
+        "--root-certificates", str(Path(bundle.ca_cert).resolve()),
+        "--auth-supernode-private-key", str(Path(bundle.private_key).resolve()),
+        "--host", "127.0.0.1",
         "--port", str(port),
         "--node-config", node_config(bundle, data_root=data_root, data_format=data_format,
                                      state_dir=state_dir, device=device),
     ]
+    if secret_file is not None:
+        command += ["--isolation", "process", "--superexec-auth-secret-file", str(Path(secret_file).resolve())]
     if max_retries is not None:
         command += ["--max-retries", str(max_retries)]
     if max_wait_time is not None:
         command += ["--max-wait-time", str(max_wait_time)]
     return command
+
+
+def _prompt_supernode(idle_poll: float) -> list[str]:
+    return [sys.executable, "-m", "fedecho.deploy.supernode", "--idle-poll", str(idle_poll), "--"]
+
+
+class _PromptClock:
+    """Flower's ``time`` module as the SuperNode loop sees it, with waits capped."""
+
+    def __init__(self, cap: float) -> None:
+        self.cap = cap
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(min(seconds, self.cap))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+def run_prompt_supernode(idle_poll: float, flower_args: list[str]) -> None:
+    """Flower's ``flower-supernode`` with its loop's waits capped at ``idle_poll`` seconds."""
+    from flwr.supernode import start_client_internal as loop
+    from flwr.supernode.cli.flower_supernode import flower_supernode
+
+    from fedecho.deploy.grid import fast_object_pulls
+
+    if getattr(loop, "time", None) is time and fast_object_pulls(loop):
+        loop.time = _PromptClock(idle_poll)
+    else:  # a Flower whose loop no longer sleeps on `time`: correct, only slower
+        print(f"fedecho: flwr {getattr(loop, 'package_version', '?')} changed its SuperNode loop; running it "
+              f"with Flower's own waits", file=sys.stderr, flush=True)
+    sys.argv = ["flower-supernode", *flower_args]
+    flower_supernode()
+
+
+def worker_command(*, port: int, secret_file: str | Path, state_dir: str | Path,
+                   parent_pid: int | None = None) -> list[str]:
+    """The site worker for the SuperNode whose Runtime API listens on 127.0.0.1:``port``.
+    ``-P``: the current folder is not put on the import path (the worker imports only installed code)."""
+    command = [sys.executable, "-P", "-m", "fedecho.deploy.worker", "--runtime-api", f"127.0.0.1:{port}",
+               "--secret-file", str(Path(secret_file).resolve()), "--state-dir", str(Path(state_dir).resolve())]
+    if parent_pid is not None:
+        command += ["--parent-pid", str(parent_pid)]
+    return command
+
+
+def supervise(supernode: ManagedProcess, start_worker: Callable[[], ManagedProcess], *,
+              max_restarts: int = 5, window_s: float = 600.0, poll_s: float = 0.5,
+              say: Callable[[str], None] = print) -> int:
+    """Run the SuperNode and its worker until the SuperNode exits or Ctrl-C / SIGTERM.
+
+    A worker that exits is started again (it resumes from the site's state folder); more than
+    ``max_restarts`` exits within ``window_s`` seconds stop the site with status 3 (something is
+    wrong that a restart does not fix: see the worker's lines above). Returns the SuperNode's
+    status (0 when stopped on request)."""
+    import signal
+
+    def _terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, _terminate) for sig in (signal.SIGTERM, signal.SIGINT)}
+    worker = start_worker()
+    exits: list[float] = []
+    try:
+        while True:
+            status = supernode.poll()
+            if status is not None:
+                say(f"the SuperNode exited with status {status}; stopping the site worker")
+                return status
+            if worker.poll() is not None:
+                now = time.monotonic()
+                exits = [t for t in exits if now - t < window_s] + [now]
+                if len(exits) > max_restarts:
+                    say(f"the site worker exited {len(exits)} times within {window_s:.0f} s (last status "
+                        f"{worker.poll()}); stopping the site")
+                    return 3
+                say(f"the site worker (pid {worker.pid}) exited with status {worker.poll()}; starting a new one "
+                    f"(restart {len(exits)} of at most {max_restarts} per {window_s:.0f} s)")
+                worker.stop()
+                worker = start_worker()
+            time.sleep(poll_s)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        worker.stop()
+        supernode.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m fedecho.deploy.supernode",
+                                     description="flower-supernode with a prompter loop (see fedecho.deploy.supernode)")
+    parser.add_argument("--idle-poll", type=float, default=IDLE_POLL_S, help="longest wait of the loop (seconds)")
+    parser.add_argument("flower_args", nargs=argparse.REMAINDER, help="-- then flower-supernode's arguments")
+    args = parser.parse_args(argv)
+    if not 0 < args.idle_poll <= 3:
+        parser.error(f"--idle-poll {args.idle_poll}: give seconds in (0, 3]")
+    flower_args = args.flower_args[1:] if args.flower_args[:1] == ["--"] else args.flower_args
+    run_prompt_supernode(args.idle_poll, flower_args)
+
+
+if __name__ == "__main__":
+    main()

@@ -228,9 +228,10 @@ class PretrainDataset(Dataset):
 
 
 def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int, collate: Callable,
-                num_workers: int = 0, drop_last: bool = False) -> DataLoader:
-    """A DataLoader with a seeded shuffle (deterministic for ``seed``)."""
+                num_workers: int = 0, drop_last: bool = False, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader with a seeded shuffle (deterministic for ``seed``); workers are persistent."""
     generator = torch.Generator()
     generator.manual_seed(int(hashlib.sha256(f"loader-{seed}".encode()).hexdigest()[:8], 16))
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator,
-                      num_workers=num_workers, drop_last=drop_last, persistent_workers=num_workers > 0)
+                      num_workers=num_workers, drop_last=drop_last, persistent_workers=num_workers > 0,
+                      pin_memory=pin_memory)

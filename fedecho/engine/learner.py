@@ -33,6 +33,13 @@ class Learner(nn.Module, ABC):
     def after_optimizer_step(self) -> None:
         """Hook run after every optimiser step (EMA teacher update for DINO)."""
 
+    def optimizer_groups(self, lr: float, weight_decay: float) -> list[dict] | None:
+        """Optimiser parameter groups (e.g. DINOv2's layer-wise lr decay); None = one group."""
+        return None
+
+    def before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Hook run before every optimiser step (DINOv2's weight-decay schedule)."""
+
     def _declared(self, name: str) -> bool:
         # BatchNorm's step counter is bookkeeping, not a weight: it never travels.
         return self.is_shared(name) and not name.endswith("num_batches_tracked")

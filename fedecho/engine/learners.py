@@ -117,3 +117,12 @@ class PretrainLearner(Learner):
 
     def after_optimizer_step(self) -> None:
         self.method.after_optimizer_step()
+
+    def optimizer_groups(self, lr: float, weight_decay: float) -> list[dict] | None:
+        groups = getattr(self.method, "optimizer_groups", None)
+        return groups(lr, weight_decay) if groups is not None else None
+
+    def before_optimizer_step(self, optimizer: Any) -> None:
+        hook = getattr(self.method, "before_optimizer_step", None)
+        if hook is not None:
+            hook(optimizer)

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from fedecho.config.train import TrainConfig
 from fedecho.engine.learner import Learner
+from fedecho.engine.precision import autocast, input_channels_last, to_channels_last, use_channels_last
 from fedecho.engine.schedule import build_scheduler
 
 __all__ = ["EpochResult", "FitResult", "Trainer", "build_optimizer", "move_batch"]
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
+    params = [p for p in params if isinstance(p, dict) or p.requires_grad]  # dicts: param groups
     if not params:
         raise ValueError("nothing to train: every parameter is frozen (check the adapter / probe settings)")
     if cfg.optimizer == "adamw":
@@ -37,9 +38,18 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainConfig) -> t
     return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
 
 
-def move_batch(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-    """Tensors to ``device`` (non-blocking); ids and other Python values unchanged."""
-    return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
+def move_batch(batch: Mapping[str, Any], device: torch.device, *, channels_last: bool = False) -> dict[str, Any]:
+    """Tensors to ``device`` (non-blocking); ids and other Python values unchanged. A batch from a
+    ``train.augment_on=device`` loader is augmented there (:func:`fedecho.transforms.batched.augment_batch`)."""
+    from fedecho.transforms.batched import AUGMENT_KEY, augment_batch
+
+    if AUGMENT_KEY in batch:
+        out = augment_batch(batch, device)
+    else:
+        out = {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
+    if channels_last:
+        out.update({k: input_channels_last(out[k]) for k in ("image", "clip") if isinstance(out.get(k), Tensor)})
+    return out
 
 
 @dataclass
@@ -81,7 +91,11 @@ class Trainer:
         self.cfg = cfg
         self.device = torch.device(device)
         self.learner = learner.to(self.device)
-        self.optimizer = optimizer or build_optimizer(self.learner.parameters(), cfg)
+        self.channels_last = use_channels_last(cfg, self.device)
+        if self.channels_last:
+            to_channels_last(self.learner)
+        groups = self.learner.optimizer_groups(cfg.lr, cfg.weight_decay) if optimizer is None else None
+        self.optimizer = optimizer or build_optimizer(groups or self.learner.parameters(), cfg)
         self.scheduler = build_scheduler(self.optimizer, max(1, total_steps), cfg.schedule, cfg.warmup_steps)
         self.writer = writer
         self.global_step = 0
@@ -133,14 +147,16 @@ class Trainer:
                     self.global_step += 1
                     steps += 1
                 continue
-            batch = move_batch(batch, self.device)
+            batch = move_batch(batch, self.device, channels_last=self.channels_last)
             self.optimizer.zero_grad(set_to_none=True)
-            loss, logs = self.learner.loss(batch)
+            with autocast(self.cfg, self.device):
+                loss, logs = self.learner.loss(batch)
             if self._anchor:
                 loss = loss + self._proximal_term()
             loss.backward()
             if self.cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.learner.trainable_parameters(), self.cfg.grad_clip)
+            self.learner.before_optimizer_step(self.optimizer)
             self.optimizer.step()
             self.scheduler.step()
             self.learner.after_optimizer_step()
@@ -176,7 +192,9 @@ class Trainer:
         for batch in loader:
             if batch is None or _batch_size(batch) == 0:
                 continue
-            outputs.append(self.learner.predict(move_batch(batch, self.device)).float().cpu())
+            with autocast(self.cfg, self.device):
+                moved = move_batch(batch, self.device, channels_last=self.channels_last)
+                outputs.append(self.learner.predict(moved).float().cpu())
             batches.append(batch)
         if not outputs:
             raise ValueError("the evaluation loader yielded no usable batch")

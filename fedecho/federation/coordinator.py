@@ -22,6 +22,7 @@ from fedecho.federation.history import RoundRecord, RunHistory
 from fedecho.federation.phases import Phase, plan_phases
 from fedecho.federation.state import RunCheckpoint
 from fedecho.federation.strategies import build_strategy, load_strategy_state, strategy_state
+from fedecho.federation.weights import WeightPolicy
 
 __all__ = ["Coordinator"]
 
@@ -122,7 +123,8 @@ class Coordinator:
         guarded = GuardedStrategy(strategy, phase_name=phase.name, phase_config=phase_config,
                                   declaration=declaration, min_sites=self.cfg.federation.strategy.min_sites,
                                   max_update_norm=self.cfg.federation.strategy.max_update_norm, round_offset=done,
-                                  connect_timeout=self.cfg.federation.strategy.round_timeout)
+                                  connect_timeout=self.cfg.federation.strategy.round_timeout,
+                                  weights=WeightPolicy.from_config(self.cfg.federation))
         if encoder is not None:
             self._hand_out_encoder(phase, encoder)
 
@@ -174,7 +176,8 @@ class Coordinator:
         guarded = GuardedStrategy(strategy, phase_name=phase.name,
                                   phase_config={**phase.config(self.cfg.train.seed), "split": "test"},
                                   declaration=declare(arrays), min_sites=self.cfg.federation.strategy.min_sites,
-                                  connect_timeout=self.cfg.federation.strategy.round_timeout)
+                                  connect_timeout=self.cfg.federation.strategy.round_timeout,
+                                  weights=WeightPolicy.from_config(self.cfg.federation))
         guarded.current = RoundRecord(phase=phase.name, round=1)
         guarded._started = time.perf_counter()
         record = to_arrayrecord(arrays)

@@ -1,7 +1,10 @@
 """A wrapper around any Flower strategy (the way Flower's DP wrappers hold ``strategy=``) that
 
 - adds the phase's instructions to every config record and numbers rounds across a resume,
-- validates each reply against the phase's declaration and drops bad ones (logged with the reason),
+- parses and validates each reply on its own (:func:`parse_reply`: readable arrays, the phase's
+  declaration, finite values, the update-norm bound, a finite positive integer ``num-examples``) and
+  drops only the bad ones (logged per site with the reason),
+- bounds each site's aggregation weight (fedecho.federation.weights; clipped weights are logged),
 - fails the round with a clear message when fewer than ``min_sites`` valid updates remain,
 - records per-site metrics and bytes on the wire for the run history.
 """
@@ -9,21 +12,24 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedecho.federation.arrays import numpy_dict, view_record
-from fedecho.federation.contract import ARRAYS, METRICS, Declaration
+from fedecho.federation.arrays import MalformedArrayError, numpy_dict, parse_record, view_record
+from fedecho.federation.contract import ARRAYS, METRICS, Declaration, MetricKey
 from fedecho.federation.history import RoundRecord
 from fedecho.federation.validation import check_update
+from fedecho.federation.weights import WeightPolicy, bound_weights, parse_num_examples
 
-__all__ = ["GuardedStrategy", "RoundFailedError", "site_name"]
+__all__ = ["GuardedStrategy", "ParsedReply", "RejectedReply", "RoundFailedError", "parse_reply", "site_name"]
 
 log = logging.getLogger(__name__)
 
@@ -33,23 +39,98 @@ class RoundFailedError(RuntimeError):
 
 
 def site_name(message: Message) -> str:
+    """``site_<index>`` from the reply's site index (a whole number), else ``node_<Flower node id>``."""
     metrics = message.content.metric_records.get(METRICS) if message.has_content() else None
-    if metrics is not None and "site-index" in metrics:
-        return f"site_{int(metrics['site-index'])}"
+    index = metrics.get("site-index") if metrics is not None else None
+    if _is_scalar(index) and math.isfinite(index) and float(index).is_integer() and 0 <= index < 2**31:
+        return f"site_{int(index)}"
     return f"node_{message.metadata.src_node_id}"
 
 
+def _is_scalar(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _contract_records_only(message: Message) -> list[str]:
+    """Keep only the records a reply may carry (``arrays``, ``metrics``); the problems if it carried
+    another array or metric record (Flower's aggregation refuses the whole round for those)."""
+    content = message.content
+    extra = [k for k in (*content.array_records, *content.metric_records) if k not in (ARRAYS, METRICS)]
+    kept = {k: content[k] for k in (ARRAYS, METRICS) if k in content}
+    message.content = RecordDict(kept)
+    return [f"unexpected record {k!r} in reply" for k in extra]
+
+
+class RejectedReply(ValueError):
+    """One site's reply cannot be aggregated; ``problems`` says why (all problems found)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        shown = problems[:5] + ([f"... and {len(problems) - 5} more"] if len(problems) > 5 else [])
+        super().__init__("; ".join(shown))
+        self.problems = problems
+
+
+@dataclass
+class ParsedReply:
+    """A reply that passed :func:`parse_reply`: its arrays (read-only views) and its example count."""
+
+    message: Message
+    arrays: dict[str, np.ndarray]
+    num_examples: int
+
+
+def parse_reply(message: Message, declaration: Declaration, *, reference: Mapping[str, np.ndarray] | None = None,
+                max_update_norm: float | None = None) -> ParsedReply:
+    """Parse and validate one train reply on its own; raise :class:`RejectedReply` with every problem.
+
+    Each array's bytes are checked before anything reads them (a short or foreign payload is that
+    site's problem, never the round's), then the update against the phase's declaration (names,
+    shapes, dtypes, NaN/Inf, the norm bound), then ``num-examples`` (a finite positive integer).
+    """
+    problems = _contract_records_only(message)
+    record = message.content.array_records.get(ARRAYS)
+    metrics = message.content.metric_records.get(METRICS)
+    arrays: dict[str, np.ndarray] = {}
+    if record is None:
+        problems.append("no arrays in reply")
+    else:
+        try:
+            arrays = parse_record(record)
+        except MalformedArrayError as err:
+            problems.append(f"malformed {err}")
+        else:
+            problems += check_update(arrays, declaration, reference=reference, max_update_norm=max_update_norm)
+    num_examples = 0
+    if metrics is None or MetricKey.NUM_EXAMPLES not in metrics:
+        problems.append("no num-examples metric in reply")
+    else:
+        try:
+            num_examples = parse_num_examples(metrics[MetricKey.NUM_EXAMPLES])
+        except ValueError as err:
+            problems.append(str(err))
+    if problems:
+        raise RejectedReply(problems)
+    return ParsedReply(message, arrays, num_examples)
+
+
 def _common_metrics(messages: list[Message]) -> list[Message]:
-    """Keep only the metric keys every reply has (sites can report different task metrics, e.g.
-    a per-class AUROC for a class one site lacks); Flower aggregates identical key sets only."""
+    """Keep only the scalar metric keys every reply has (sites can report different task metrics,
+    e.g. a per-class AUROC for a class one site lacks); Flower aggregates identical key sets only,
+    and a list where another site sent a number would fail the round."""
     if not messages:
         return messages
     records = [m.content.metric_records[METRICS] for m in messages]
-    common = set(records[0]).intersection(*map(set, records[1:])) - {"site-index"}
+    common = {k for k in set(records[0]).intersection(*map(set, records[1:])) - {"site-index"}
+              if all(_is_scalar(r[k]) for r in records)}
     for message, record in zip(messages, records, strict=True):
         if set(record) != common:
             message.content.metric_records[METRICS] = MetricRecord({k: record[k] for k in record if k in common})
     return messages
+
+
+def _number(value: object) -> float:
+    """A metric value as a float (0 for a missing or non-numeric value)."""
+    return float(value) if _is_scalar(value) else 0.0
 
 
 def _scalars(record: MetricRecord | None) -> dict[str, float]:
@@ -71,6 +152,7 @@ class GuardedStrategy(Strategy):
         max_update_norm: float | None = None,
         round_offset: int = 0,
         connect_timeout: float | None = None,
+        weights: WeightPolicy | None = None,
     ) -> None:
         self.strategy = strategy
         self.phase_name = phase_name
@@ -81,6 +163,8 @@ class GuardedStrategy(Strategy):
         self.round_offset = round_offset
         self.connect_timeout = connect_timeout
         """Seconds to wait for enough connected sites before a round; None waits as Flower does (forever)."""
+        self.weights = weights or WeightPolicy()
+        """How replies are weighted (examples with a bounded ratio unless configured otherwise)."""
         self.current: RoundRecord | None = None
         self._reference: dict[str, np.ndarray] = {}
         self._started = 0.0
@@ -128,7 +212,7 @@ class GuardedStrategy(Strategy):
         absolute = self.absolute(server_round)
         record = self.current or RoundRecord(phase=self.phase_name, round=absolute)
         replies = list(replies)
-        valid: list[Message] = []
+        parsed: dict[int, tuple[str, ParsedReply]] = {}  # by Flower's (authenticated) node id
         for message in replies:
             site = site_name(message)
             if message.has_error():
@@ -137,37 +221,44 @@ class GuardedStrategy(Strategy):
                 continue
             arrays = message.content.array_records.get(ARRAYS)
             record.bytes_received += arrays.count_bytes() if arrays is not None else 0
-            problems = ["no arrays in reply"] if arrays is None else check_update(
-                numpy_dict(arrays), self.declaration, reference=self._reference,
-                max_update_norm=self.max_update_norm)
             metrics = message.content.metric_records.get(METRICS)
-            if metrics is not None and float(metrics.get("budget-spent", 0)) > 0:
-                record.rejected[site] = f"privacy budget spent (epsilon {float(metrics.get('epsilon', 0)):.3g}): stopped training"
+            if metrics is not None and _number(metrics.get(MetricKey.BUDGET_SPENT)) > 0:
+                epsilon = _number(metrics.get(MetricKey.EPSILON))
+                record.rejected[site] = f"privacy budget spent (epsilon {epsilon:.3g}): stopped training"
                 log.warning("round %d (%s): %s stopped: %s", absolute, self.phase_name, site, record.rejected[site])
                 continue
-            if metrics is None or "num-examples" not in metrics:
-                problems.append("no num-examples metric in reply")
-            elif float(metrics["num-examples"]) <= 0:
-                problems.append("num-examples is 0 (the site trained on nothing)")
-            if problems:
-                shown = problems[:5] + ([f"... and {len(problems) - 5} more"] if len(problems) > 5 else [])
-                record.rejected[site] = "; ".join(shown)
-                log.warning("round %d (%s): rejected update from %s: %s", absolute, self.phase_name, site,
-                            record.rejected[site])
-                continue
-            record.sites_train[site] = _scalars(metrics)
-            # the strategy reads every array of every update: zero-copy views, not np.load copies
-            message.content[ARRAYS] = view_record(arrays)
-            valid.append(message)
-        if len(valid) < self.min_sites:
+            try:
+                parsed[message.metadata.src_node_id] = site, parse_reply(message, self.declaration, reference=self._reference,
+                                           max_update_norm=self.max_update_norm)
+            except RejectedReply as err:
+                record.rejected[site] = str(err)
+                log.warning("round %d (%s): rejected update from %s: %s", absolute, self.phase_name, site, err)
+        if len(parsed) < self.min_sites:
             listed = list(record.rejected.items())
             reasons = "; ".join(f"{s}: {r}" for s, r in listed[:5]) or "no site replied in time"
             if len(listed) > 5:
                 reasons += f"; ... and {len(listed) - 5} more sites (see the log)"
             raise RoundFailedError(
-                f"phase {self.phase_name} round {absolute}: {len(valid)} valid updates from {len(replies)} "
+                f"phase {self.phase_name} round {absolute}: {len(parsed)} valid updates from {len(replies)} "
                 f"replies, but min-sites is {self.min_sites} ({reasons})"
             )
+        decision = bound_weights({node: reply.num_examples for node, (_, reply) in parsed.items()}, self.weights)
+        for node, reason in decision.clipped.items():
+            record.clipped[parsed[node][0]] = reason
+            log.warning("round %d (%s): %s: %s", absolute, self.phase_name, parsed[node][0], reason)
+        valid: list[Message] = []
+        # in node order: Flower samples (and replies arrive) in random order, and a float sum depends on
+        # its order; a fixed order makes the aggregate, and so a resumed run, reproducible bit for bit
+        for node, (site, reply) in sorted(parsed.items()):
+            message = reply.message
+            metrics = message.content.metric_records[METRICS]
+            record.sites_train[site] = _scalars(metrics)
+            # the strategy weights by num-examples: hand it the bounded weight (the site's own count
+            # stays in the history); the arrays become the zero-copy views parse_reply checked
+            message.content.metric_records[METRICS] = MetricRecord(
+                {**dict(metrics), MetricKey.NUM_EXAMPLES: decision.weights[node]})
+            message.content[ARRAYS] = view_record(message.content.array_records[ARRAYS])
+            valid.append(message)
         arrays, metrics = self.strategy.aggregate_train(absolute, _common_metrics(valid))
         record.train = _scalars(metrics)
         return arrays, metrics
@@ -187,18 +278,36 @@ class GuardedStrategy(Strategy):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         absolute = self.absolute(server_round)
         replies = list(replies)
-        good = []
+        counted: dict[int, tuple[str, Message, int]] = {}
         for message in replies:
             site = site_name(message)
             if message.has_error():
                 log.warning("round %d (%s): evaluation on %s failed: %s", absolute, self.phase_name, site,
                             message.error.reason)
                 continue
+            problems = _contract_records_only(message)
             metrics = message.content.metric_records.get(METRICS)
-            if metrics is None or float(metrics.get("num-examples", 0)) <= 0:
+            reported = metrics.get(MetricKey.NUM_EXAMPLES, 0) if metrics is not None else 0
+            if reported == 0 and not problems:
                 continue  # nothing evaluated on this site (e.g. no labelled test patients)
+            try:
+                if problems:
+                    raise ValueError("; ".join(problems))
+                counted[message.metadata.src_node_id] = site, message, parse_num_examples(reported)
+            except ValueError as err:
+                log.warning("round %d (%s): evaluation from %s left out: %s", absolute, self.phase_name, site, err)
+        # evaluation metrics are weighted like updates: one site cannot dominate them either
+        decision = bound_weights({node: n for node, (_, _, n) in counted.items()}, self.weights)
+        good = []
+        for node, (site, message, _) in counted.items():
+            metrics = message.content.metric_records[METRICS]
+            if node in decision.clipped:
+                log.warning("round %d (%s): evaluation from %s: %s", absolute, self.phase_name, site,
+                            decision.clipped[node])
             if self.current is not None:
                 self.current.sites_evaluate[site] = _scalars(metrics)
+            message.content.metric_records[METRICS] = MetricRecord(
+                {**dict(metrics), MetricKey.NUM_EXAMPLES: decision.weights[node]})
             good.append(message)
         metrics = self.strategy.aggregate_evaluate(absolute, _common_metrics(good)) if good else None
         if self.current is not None:

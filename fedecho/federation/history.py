@@ -26,6 +26,8 @@ class RoundRecord:
     sites_evaluate: dict[str, dict[str, float]] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)
     """site -> why its update was rejected (validation) or missing (error, timeout)."""
+    clipped: dict[str, str] = field(default_factory=dict)
+    """site -> why its aggregation weight is not its reported num-examples (fedecho.federation.weights)."""
     bytes_sent: int = 0
     bytes_received: int = 0
     seconds: float = 0.0

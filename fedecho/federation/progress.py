@@ -23,7 +23,7 @@ from typing import Any, TextIO
 __all__ = ["KEY_METRICS", "emit", "final_table", "key_metric", "phase_line", "quiet_console", "round_line"]
 
 #: the metric that stands for a round, in order of preference (direction is the metric's own)
-KEY_METRICS = ("dice", "accuracy", "auroc", "mae", "loss")
+KEY_METRICS = ("dice", "accuracy", "auroc", "mae", "loss", "train-loss")
 
 _terminal: TextIO | None = None  # set by quiet_console; None: the current sys.stdout
 

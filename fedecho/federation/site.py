@@ -40,7 +40,7 @@ def get_runtime(cfg: RunConfig, *, site_index: int, num_sites: int, state_dir: s
     """The runtime of a site in this process (kept across rounds; bounded cache)."""
     key = (str(Path(state_dir).resolve()), site_index)
     runtime = _CACHE.get(key)
-    if runtime is None or runtime.cfg != cfg:
+    if runtime is None or runtime.cfg != cfg or runtime.data_cfg != (data or cfg.data):  # same run, same data
         runtime = SiteRuntime(cfg, site_index=site_index, num_sites=num_sites, state_dir=state_dir, data=data)
         _CACHE[key] = runtime
         while len(_CACHE) > _CACHE_SIZE:

@@ -8,8 +8,9 @@ from typing import Any
 
 from flwr.serverapp import strategy as fl
 
-from fedecho.config.federation import PrivacyConfig, StrategyConfig
+from fedecho.config.federation import MEAN_STRATEGIES, PrivacyConfig, StrategyConfig
 from fedecho.federation.contract import ARRAYS, CONFIG, MetricKey
+from fedecho.federation.site_dp import SiteLevelDP
 
 __all__ = ["STATE_ATTRIBUTES", "build_strategy", "load_strategy_state", "strategy_state"]
 
@@ -18,7 +19,8 @@ STATE_ATTRIBUTES = ("current_arrays", "m_t", "v_t", "momentum_vector")
 
 
 def build_strategy(cfg: StrategyConfig, privacy: PrivacyConfig | None = None, *, num_sites: int) -> fl.Strategy:
-    """The configured Flower strategy; wrapped in Flower's server-side DP wrapper for site-level DP."""
+    """The configured Flower strategy; wrapped in :class:`~fedecho.federation.site_dp.SiteLevelDP` for
+    site-level DP (uniform weights, zero-norm safe, noise calibrated to the updates aggregated)."""
     common: dict[str, Any] = {
         "fraction_train": cfg.fraction_train,
         "fraction_evaluate": cfg.fraction_evaluate,
@@ -48,12 +50,11 @@ def build_strategy(cfg: StrategyConfig, privacy: PrivacyConfig | None = None, *,
     else:  # StrategyConfig validates names; this guards a new name added there but not here
         raise ValueError(f"strategy {name!r} has no builder")
     if privacy is not None and privacy.mode == "site":
-        strategy = fl.DifferentialPrivacyServerSideFixedClipping(
-            strategy,
-            noise_multiplier=privacy.noise_multiplier,
-            clipping_norm=privacy.max_grad_norm,
-            num_sampled_clients=max(1, round(cfg.fraction_train * num_sites)),
-        )
+        if name not in MEAN_STRATEGIES:  # FederationConfig refuses this too; guard direct callers
+            raise ValueError(f"privacy.mode=site needs an averaging strategy ({', '.join(MEAN_STRATEGIES)}), "
+                             f"not {name}")
+        strategy = SiteLevelDP(strategy, noise_multiplier=privacy.noise_multiplier,
+                               clipping_norm=privacy.max_grad_norm)
     return strategy
 
 

@@ -4,7 +4,9 @@ One idea per module: :mod:`~fedecho.ssl.ntxent` (NT-Xent), :mod:`~fedecho.ssl.he
 projection and DINO heads), :mod:`~fedecho.ssl.frame_order` (24-permutation reordering task),
 :mod:`~fedecho.ssl.dino` (DINO loss with centring), :mod:`~fedecho.ssl.ema` (EMA teacher),
 :mod:`~fedecho.ssl.views` (method inputs from decoded samples) and
-:mod:`~fedecho.ssl.methods` (``SSL_METHODS``: simclr, multi_instance, echoclr, dino).
+:mod:`~fedecho.ssl.methods` (``SSL_METHODS``: simclr, multi_instance, echoclr, dino) and
+:mod:`~fedecho.ssl.dinov2` (dinov2; its losses in :mod:`~fedecho.ssl.dinov2_losses`, masking in
+:mod:`~fedecho.ssl.dinov2_masking`).
 """
 
 from fedecho.ssl.dino import DINOLoss, teacher_temperature
@@ -26,6 +28,7 @@ from fedecho.ssl.methods import (
     SimCLR,
     build_method,
 )
+from fedecho.ssl.dinov2 import DINOv2
 from fedecho.ssl.ntxent import NTXentLoss, nt_xent_loss, paired_positive_index
 from fedecho.ssl.views import collate_views, group_by_study
 
@@ -34,6 +37,7 @@ __all__ = [
     "PERMUTATIONS",
     "SSL_METHODS",
     "DINOHead",
+    "DINOv2",
     "DINOLoss",
     "EchoCLR",
     "FrameOrderHead",

@@ -6,6 +6,12 @@ frames of one video decode it once), builds the example with a generator seeded 
 ``(seed, epoch, index)`` (same seed and epoch -> same example, whatever the worker or order), applies
 the optional transform, and returns tensors.
 
+With ``device_augment`` (``train.augment_on=device``) the example keeps its uint8 pixels (masks
+uint8 too) and, instead of applying that preset, only draws its parameters from the same
+generator (:func:`fedecho.transforms.batched.sample_params`) into the ``augment`` entry; the
+consumer applies them as one batched op after the transfer. ``reader`` may be a
+:class:`fedecho.data.cache.DecodedCache`, which serves decoded uint8 arrays at the training size.
+
 Error policy (``on_error``), for bad *data* (:class:`EchoDataError`) only; code errors always raise:
 
 - ``"raise"``: labels that cannot be indexed are all collected and raised as one error at
@@ -32,6 +38,7 @@ from fedecho.data.base import EchoReader, OnError
 from fedecho.data.errors import EchoDataError
 from fedecho.data.schema import DataIssue, ItemRecord, Sample
 from fedecho.tasks.base import Task
+from fedecho.tasks.frames import keep_uint8
 
 __all__ = ["TaskDataset", "collate_examples", "concat_batches", "is_empty_batch"]
 
@@ -60,7 +67,10 @@ class TaskDataset(Dataset):
         seed: int = 0,
         cache_size: int = 4,
         on_error: OnError = "raise",
+        device_augment: Any | None = None,
     ) -> None:
+        if transform is not None and device_augment is not None:
+            raise ValueError("give either transform (applied here) or device_augment (applied on the device), not both")
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -71,6 +81,7 @@ class TaskDataset(Dataset):
         self.records = list(records)
         self.task = task
         self.transform = transform
+        self.device_augment = device_augment
         self.seed = seed
         self.epoch = 0
         self.cache_size = cache_size
@@ -114,7 +125,11 @@ class TaskDataset(Dataset):
         example_rng, transform_rng = self.generators(index)
         try:
             sample = self._load(record_index)
-            example = self.task.make_example(sample, key, example_rng)
+            if self.device_augment is None:
+                example = self.task.make_example(sample, key, example_rng)
+            else:
+                with keep_uint8():
+                    example = self.task.make_example(sample, key, example_rng)
         except EchoDataError as err:
             if self.on_error == "raise":
                 raise
@@ -122,7 +137,25 @@ class TaskDataset(Dataset):
             return None
         if self.transform is not None:
             example = self.transform(example, transform_rng)
+        elif self.device_augment is not None:
+            example = self._raw_example(example, transform_rng)
         return _to_tensors(example)
+
+    def _raw_example(self, example: dict[str, Any], generator: np.random.Generator) -> dict[str, Any]:
+        from fedecho.transforms.batched import AUGMENT_KEY, sample_params
+        from fedecho.transforms.compose import spatial_size
+
+        example = dict(example)
+        example[AUGMENT_KEY] = sample_params(self.device_augment, spatial_size(example), generator)
+        mask = example.get("mask")
+        if isinstance(mask, np.ndarray) and mask.dtype != np.uint8 and mask.size and 0 <= mask.min() and mask.max() <= 255:
+            example["mask"] = mask.astype(np.uint8)
+        return example
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_cache"] = OrderedDict()  # decoded samples are not shipped to DataLoader workers
+        return state
 
     def _load(self, record_index: int) -> Sample:
         if record_index in self._cache:

@@ -7,6 +7,10 @@ Deterministic given the generator: randomness (which frame, where a clip starts)
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
 import cv2
 import numpy as np
 
@@ -18,6 +22,7 @@ __all__ = [
     "clip_indices",
     "frame_index",
     "get_frame",
+    "keep_uint8",
     "resize_image",
     "resize_mask",
     "scale_points",
@@ -25,10 +30,29 @@ __all__ = [
 ]
 
 
+_KEEP_UINT8: contextvars.ContextVar[bool] = contextvars.ContextVar("fedecho_keep_uint8", default=False)
+
+
+@contextlib.contextmanager
+def keep_uint8() -> Iterator[None]:
+    """Within this block uint8 frames stay uint8 (grey levels 0..255, meaning ``value / 255``):
+    :func:`to_unit_float` returns them as they are and :func:`resize_image` resizes them as uint8.
+    The device-side augmentation path uses it to ship compact uint8 batches (see
+    :mod:`fedecho.transforms.batched`)."""
+    token = _KEEP_UINT8.set(True)
+    try:
+        yield
+    finally:
+        _KEEP_UINT8.reset(token)
+
+
 def to_unit_float(frames: np.ndarray, path: str = "") -> np.ndarray:
     """Frames as float32 in [0, 1]: uint8 / 255, uint16 / 65535; floats already in [0, 1] kept,
-    floats in [0, 255] divided by 255. Anything else raises :class:`EchoDataError` naming ``path``."""
+    floats in [0, 255] divided by 255. Anything else raises :class:`EchoDataError` naming ``path``.
+    Inside :func:`keep_uint8`, uint8 frames are returned unchanged."""
     if frames.dtype == np.uint8:
+        if _KEEP_UINT8.get():
+            return frames
         return frames.astype(np.float32) / 255.0
     if frames.dtype == np.uint16:
         return frames.astype(np.float32) / 65535.0
@@ -45,7 +69,13 @@ def to_unit_float(frames: np.ndarray, path: str = "") -> np.ndarray:
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize float32 (H, W) to ``size`` = (H', W'): area averaging when shrinking, bilinear else."""
+    """Resize float32 (H, W) to ``size`` = (H', W'): area averaging when shrinking, bilinear else.
+    A uint8 image (inside :func:`keep_uint8`) is resized as uint8."""
+    if image.dtype == np.uint8 and _KEEP_UINT8.get():
+        if image.shape == tuple(size):
+            return image
+        shrinking = size[0] * size[1] < image.shape[0] * image.shape[1]
+        return cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
     if image.shape == tuple(size):
         return image.astype(np.float32, copy=False)
     shrinking = size[0] * size[1] < image.shape[0] * image.shape[1]

@@ -1,8 +1,9 @@
 """Real deployment over loopback: ``fedecho-server start`` (a SuperLink with TLS and SuperNode
-authentication), ``fedecho-client start`` (SuperNodes), ``fedecho-server run / resume``. One
-federation and one SuperLink serve the whole module; every test starts its own sites. Ports are
-picked free, every process is stopped in a finalizer, FLWR_HOME lives inside the federation
-folder (tmp)."""
+authentication behind the Fleet-only gateway), ``fedecho-client start`` (SuperNodes with keys the
+sites made: ``fedecho-client init`` + ``fedecho-server add-site``), ``fedecho-server run / resume``
+(signed runs). One federation and one SuperLink serve the whole module; every test starts its own
+sites. Ports are picked free, every process is stopped in a finalizer, FLWR_HOME lives inside the
+federation folder (tmp)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 from fedecho.deploy.certs import make_ca, make_site_keys
 from fedecho.deploy.federation import Federation, init_federation
 from fedecho.deploy.process import ManagedProcess, executable, flower_env, free_port
+from fedecho.deploy.sites import add_site, init_site
 
 pytestmark = pytest.mark.deploy
 
@@ -41,6 +43,11 @@ def _wait_for(predicate, timeout: float, what: str, process: ManagedProcess | No
                          + (f":\n{process.tail()}" if process is not None else ""))
 
 
+def site_folder(federation: Federation, site: str) -> Path:
+    """The site's own folder (its keys + the coordinator's bundle), outside the federation folder."""
+    return federation.root.parent / f"site_{site}"
+
+
 def _cli(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", f"fedecho.cli.{module}", *map(str, args)]
 
@@ -50,7 +57,12 @@ def federation(tmp_path_factory) -> Federation:
     from fedecho.data.synthetic import synthesize
 
     root = tmp_path_factory.mktemp("deploy")
-    fed = init_federation(root / "fed", list(SITES))
+    fed = init_federation(root / "fed")
+    for site in SITES:  # each site makes its key pair; the coordinator registers the public key
+        init_site(site_folder(fed, site), site)
+        add_site(fed, site, site_folder(fed, site) / "site.pub")
+        for path in fed.bundle(site).iterdir():
+            (site_folder(fed, site) / path.name).write_bytes(path.read_bytes())
     for seed, site in enumerate(SITES):
         synthesize("camus", root / f"data_{site}", patients=8, seed=seed + 1, style=f"site_{site.lower()}",
                    image_size=64)
@@ -73,7 +85,7 @@ def superlink(federation):
 def _start_site(federation, superlink_address, site, state_root, *extra) -> ManagedProcess:
     data = federation.root.parent / f"data_{site}"
     return ManagedProcess(f"fedecho-client start ({site})",
-                          _cli("client", "start", "--bundle", federation.bundle(site), "--superlink",
+                          _cli("client", "start", "--bundle", site_folder(federation, site), "--superlink",
                                superlink_address, "--data", data, "--format", "camus", "--port", free_port(),
                                "--state-dir", state_root / site, "--device", "cpu", *extra),
                           env=flower_env(), log_path=state_root / f"{site}.log")
@@ -147,7 +159,7 @@ def test_unregistered_key_plaintext_and_wrong_ca_are_refused(federation, superli
     # a site bundle whose key the coordinator never registered
     rogue = tmp_path / "rogue"
     rogue.mkdir()
-    for name in ("ca.pem", "site.toml"):
+    for name in ("ca.pem", "site.toml", "run_signing.pub"):
         (rogue / name).write_bytes((federation.bundle("A") / name).read_bytes())
     make_site_keys(rogue, "rogue")
     output = _refused("unregistered site", _cli("client", "start", "--bundle", rogue, "--superlink", address,
@@ -167,8 +179,9 @@ def test_unregistered_key_plaintext_and_wrong_ca_are_refused(federation, superli
     impostor = tmp_path / "impostor"
     impostor.mkdir()
     (impostor / "ca.pem").write_bytes(make_ca(tmp_path / "other_ca").ca_cert.read_bytes())
-    for name in ("supernode.key", "supernode.pub", "site.toml"):
-        (impostor / name).write_bytes((federation.bundle("A") / name).read_bytes())
+    for name in ("site.key", "site.pub", "site.toml", "run_signing.pub"):
+        (impostor / name).write_bytes((site_folder(federation, "A") / name).read_bytes())
+    (impostor / "site.key").chmod(0o600)
     output = _refused("SuperNode with another CA", _cli("client", "start", "--bundle", impostor, "--superlink",
                                                         address, "--data", data, "--format", "camus", "--port",
                                                         free_port(), "--state-dir", tmp_path / "s2", "--device",

@@ -17,7 +17,7 @@ from fedecho.cli import server as server_cli
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
-SHELL_WORDS = {"sh", "test", "true"}
+SHELL_WORDS = {"sh", "test", "true", "cp"}
 
 
 def _scripts() -> dict[str, str]:
@@ -118,14 +118,20 @@ def test_compose_services_name_existing_commands(compose):
 def test_compose_wires_sites_to_the_coordinator_and_their_own_bundles(compose):
     services = compose["services"]
     init = " ".join(services["init"]["command"])
-    assert "fedecho-server init --sites site-a,site-b,site-c" in init and "--host coordinator" in init
+    assert "fedecho-server init --out /federation --host coordinator" in init
     for site in ("site-a", "site-b", "site-c"):
+        # the site's key pair is made in the site folder; the coordinator gets the public key only
+        assert f"fedecho-client init --out /sites/{site} --name {site}" in init
+        assert f"add-site --dir /federation --name {site} --key /sites/{site}/site.pub" in init
+        copied = next(c for c in _shell_commands(init) if c[0] == "cp" and c[-1] == f"/sites/{site}/")
+        assert {Path(p).name for p in copied[1:-1]} == {"ca.pem", "run_signing.pub", "site.toml"}
         args = client_cli.build_parser().parse_args(services[site]["command"])
-        assert args.bundle == f"/federation/bundles/{site}" and args.superlink == "coordinator:9093"
+        assert args.bundle == f"/sites/{site}" and args.superlink == "coordinator:9093"
         assert args.data == f"/data/{site}" and f"--out /data/{site}" in init
         assert services[site]["depends_on"]["coordinator"]["condition"] == "service_healthy"
-        assert "federation:/federation:ro" in services[site]["volumes"]
+        assert not any(v.startswith("federation:") for v in services[site]["volumes"])
     coordinator = server_cli.build_parser().parse_args(services["coordinator"]["command"])
     assert (coordinator.dir, coordinator.port) == ("/federation", 9093)
     assert services["coordinator"]["depends_on"]["init"]["condition"] == "service_completed_successfully"
-    assert set(compose["volumes"]) == {"federation", "data", "state"}
+    assert not any(v.startswith("sites:") for v in services["coordinator"]["volumes"])  # no site key, ever
+    assert set(compose["volumes"]) == {"federation", "sites", "data", "state"}

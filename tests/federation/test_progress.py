@@ -20,8 +20,8 @@ def test_round_line_shows_sites_key_metric_central_time_and_rejections():
     assert "adapt:view" in line and "round 2/5" in line and "2/3 sites" in line
     assert "accuracy 0.8125 (central 0.75)" in line and "4.1 s" in line and "rejected: site 2" in line
     assert "loss" not in line  # accuracy outranks loss as the key metric
-    pretrain = RoundRecord(phase="pretrain", round=1, train={"loss": 4.25}, sites_train={"a": {}})
-    assert "loss 4.25" in progress.round_line(pretrain, rounds=1, sites=1)
+    pretrain = RoundRecord(phase="pretrain", round=1, train={"train-loss": 4.25, "seconds": 3.0}, sites_train={"a": {}})
+    assert "train-loss 4.25" in progress.round_line(pretrain, rounds=1, sites=1)
 
 
 def test_final_table_puts_federated_next_to_central_per_task():

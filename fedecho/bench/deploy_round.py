@@ -1,0 +1,221 @@
+"""Benchmark ``deploy-round``: a deployed round vs the same round simulated, and where a deployed
+round's time goes.
+
+Setting: the deployment tests' tiny run (view classification, ResNet with one block per stage at
+32 px, LoRA adapter, batch 8, one torch thread per site, CPU), 3 adapt rounds, two sites of 8
+synthetic CAMUS patients each. Deployed: a real SuperLink (TLS, SuperNode authentication) and two
+``fedecho-client start`` sites (SuperNode + warm site worker) on 127.0.0.1, the run submitted with
+``fedecho-server run``. Simulated: ``fedecho simulate`` of the same overrides with 2 virtual sites
+(IID halves of 16 patients made by the same generator), 1 CPU each on Ray. Both sides read their
+round times from their ``history.json``; the row is the median deployed / simulated wall time of
+rounds 2-3 (round 1 builds the model and loaders on either side). Repetitions alternate sides.
+
+Where a deployed round's time goes (details, medians over rounds 2-3 and both sites), from the
+sites' ``worker.jsonl``: ``queue_s`` (coordinator push -> SuperNode pull -> worker claim),
+``pull_s`` (the worker fetches task and message from its SuperNode), ``app_s`` (the ClientApp:
+training or evaluation), ``push_s`` (the reply back to the SuperNode), each summed over the
+round's train and evaluate messages of the slower site; ``coordinator_s`` is the rest of the
+round (the SuperNode's upload, the coordinator's pulls, validation, aggregation, checkpoint).
+
+Full mode also measures the old path once: the same sites with Flower's stock per-message
+``flwr-clientapp`` process (``--isolation subprocess``), the "before" number.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from fedecho.bench.common import BenchOptions, Goal, Row, summarize
+
+__all__ = ["DEPLOY_GOAL", "round_breakdown", "run"]
+
+DEPLOY_GOAL = Goal("<=", 1.3)
+SITES = ("A", "B")
+PATIENTS_PER_SITE = 8
+TINY = ["model.image_size=32", "task.image_size=[32,32]", "model.overrides={layers:[1,1,1,1]}",
+        "task.classes=[A4C,A2C]", "train.batch_size=8", "train.threads=1", "train.device=cpu"]
+ROUNDS = 3
+TIMEOUT_S = 900
+
+
+def _cli(module: str, *args: Any) -> list[str]:
+    return [sys.executable, "-m", f"fedecho.cli.{module}", *map(str, args)]
+
+
+def _adapt_seconds(run_dir: Path) -> dict[int, float]:
+    history = json.loads((run_dir / "history.json").read_text())
+    return {int(r["round"]): float(r["seconds"]) for r in history if r["phase"].startswith("adapt")}
+
+
+def round_breakdown(records_by_site: dict[str, list[dict]], round_seconds: dict[int, float],
+                    rounds: tuple[int, ...] = (2, 3)) -> dict[str, float]:
+    """Where the deployed rounds' time went (see the module doc), medians over ``rounds``."""
+    parts = ("queue_s", "pull_s", "app_s", "push_s")
+    per_round: dict[str, list[float]] = {p: [] for p in (*parts, "coordinator_s")}
+    for round_ in rounds:
+        totals = []
+        for records in records_by_site.values():
+            mine = [r for r in records if r.get("round") == str(round_) and r.get("type") in ("train", "evaluate")]
+            totals.append({"queue_s": sum(r.get("waited_s", 0.0) for r in mine),
+                           **{p: sum(r.get(p, 0.0) for r in mine) for p in parts[1:]}})
+        slowest = max(totals, key=lambda t: sum(t.values()))
+        for part in parts:
+            per_round[part].append(slowest[part])
+        per_round["coordinator_s"].append(max(0.0, round_seconds[round_] - sum(slowest.values())))
+    return {k: round(statistics.median(v), 3) for k, v in per_round.items() if v}
+
+
+class _Federation:
+    """A SuperLink and its sites for the whole benchmark (see the module doc)."""
+
+    def __init__(self, root: Path) -> None:
+        from fedecho.data.synthetic import synthesize
+        from fedecho.deploy.federation import init_federation
+
+        self.root = root
+        self.fed = init_federation(root / "fed", list(SITES))
+        for seed, site in enumerate(SITES):
+            synthesize("camus", root / f"data_{site}", patients=PATIENTS_PER_SITE, seed=seed + 1,
+                       style=f"site_{site.lower()}", image_size=64)
+        synthesize("camus", root / "data_pooled", patients=PATIENTS_PER_SITE * len(SITES), seed=1, style="mixed",
+                   image_size=64)
+        self.processes: list[Any] = []
+
+    def start_superlink(self) -> str:
+        from fedecho.deploy.process import ManagedProcess, flower_env, free_port
+
+        port = free_port()
+        server = ManagedProcess("fedecho-server start", _cli("server", "start", "--dir", self.fed.root, "--host",
+                                                             "127.0.0.1", "--port", port),
+                                env=flower_env(), log_path=self.root / "superlink.log")
+        self.processes.append(server)
+        _wait(lambda: "SuperLink ready" in server.tail(100_000), 180, server)
+        return f"127.0.0.1:{port}"
+
+    def start_sites(self, superlink: str, *, warm: bool, tag: str) -> list[Any]:
+        from fedecho.deploy.federation import load_bundle
+        from fedecho.deploy.process import ManagedProcess, flower_env, free_port
+        from fedecho.deploy.supernode import supernode_command
+
+        sites = []
+        for site in SITES:
+            data, state = self.root / f"data_{site}", self.root / f"state_{tag}" / site
+            if warm:  # the site operator's command
+                command = _cli("client", "start", "--bundle", self.fed.bundle(site), "--superlink", superlink,
+                               "--data", data, "--format", "camus", "--port", free_port(), "--state-dir", state,
+                               "--device", "cpu")
+            else:  # Flower's stock path: one flwr-clientapp process per message
+                state.mkdir(parents=True, exist_ok=True)
+                command = supernode_command(load_bundle(self.fed.bundle(site)), superlink=superlink, data_root=data,
+                                            data_format="camus", state_dir=state, port=free_port(), device="cpu",
+                                            idle_poll=None)
+            process = ManagedProcess(f"site {site} ({tag})", command, env=flower_env(self.root / f"flwr_home_{site}"),
+                                     log_path=self.root / f"site_{site}_{tag}.log")
+            self.processes.append(process)
+            sites.append(process)
+        for process in sites:
+            _wait(lambda p=process: "SuperNode ID" in p.tail(100_000), 180, process)
+        return sites
+
+    def run(self, name: str) -> Path:
+        run_dir = self.root / "runs" / name
+        result = subprocess.run(_cli("server", "run", "federated", *TINY, f"federation.adapt.rounds={ROUNDS}", "--dir",
+                                     self.fed.root, "--run-dir", run_dir, "--timeout", TIMEOUT_S),
+                                capture_output=True, text=True, timeout=TIMEOUT_S + 60, check=False,
+                                env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"})
+        if result.returncode != 0:
+            raise RuntimeError(f"deployed run {name} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+        return run_dir
+
+    def stop(self, processes: list[Any] | None = None) -> None:
+        for process in reversed(processes if processes is not None else self.processes):
+            process.stop()
+
+
+def _wait(predicate, timeout: float, process) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.name} exited ({process.poll()}):\n{process.tail()}")
+        time.sleep(0.5)
+    raise TimeoutError(f"{process.name} not ready after {timeout:.0f} s:\n{process.tail()}")
+
+
+def _simulated(root: Path, name: str) -> dict[int, float]:
+    from fedecho.federation.simulation import simulate
+
+    run_dir = root / "sim" / name
+    simulate("federated", [*TINY, "data.format=camus", f"data.root={root / 'data_pooled'}",
+                           f"federation.num_sites={len(SITES)}", f"federation.adapt.rounds={ROUNDS}",
+                           "federation.central_eval=false", f"federation.run_dir={run_dir}"],
+             total_cpus=len(SITES))
+    return _adapt_seconds(run_dir)
+
+
+def _later(rounds: dict[int, float]) -> float:
+    return statistics.median(rounds[r] for r in rounds if r >= 2)
+
+
+def run(options: BenchOptions) -> list[Row]:
+    from fedecho.deploy.worker import read_worker_log
+
+    reps = options.repetitions(2, quick=1)
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="fedecho-bench-deploy-") as tmp:
+        root = Path(tmp)
+        federation = _Federation(root)
+        try:
+            superlink = federation.start_superlink()
+            warm_sites = federation.start_sites(superlink, warm=True, tag="warm")
+            deployed, simulated, breakdowns, rounds_seen = [], [], [], []
+            for rep in range(reps):
+                for side in (("deployed", "simulated") if rep % 2 == 0 else ("simulated", "deployed")):
+                    if side == "simulated":
+                        simulated.append(_later(_simulated(root, f"sim{rep}")))
+                        continue
+                    run_dir = federation.run(f"warm{rep}")
+                    seconds = _adapt_seconds(run_dir)
+                    deployed.append(_later(seconds))
+                    rounds_seen.append({str(k): round(v, 2) for k, v in seconds.items()})
+                    run_id = json.loads((run_dir / "submission.json").read_text())["run_ids"][-1]
+                    records = {site: [r for r in read_worker_log(root / "state_warm" / site) if r["run"] == run_id]
+                               for site in SITES}
+                    breakdowns.append(round_breakdown(records, seconds))
+            pids = {site: sorted({r["pid"] for r in read_worker_log(root / "state_warm" / site)}) for site in SITES}
+            federation.stop(warm_sites)
+            ratios = [d / s for d, s in zip(deployed, simulated, strict=True)]
+            last = breakdowns[-1]
+            rows.append(Row(
+                "warm site worker, rounds 2-3", "deployed / simulated round wall time", "ratio", summarize(ratios),
+                DEPLOY_GOAL,
+                details={"deployed_round_s": summarize(deployed).as_dict(),
+                         "simulated_round_s": summarize(simulated).as_dict(), "breakdown": last,
+                         "deployed_rounds_s": rounds_seen, "worker_pids": pids},
+                note=(f"deployed {statistics.median(deployed):.2f} s vs simulated {statistics.median(simulated):.2f} s "
+                      f"per round; a deployed round: queue {last['queue_s']} s, pull {last['pull_s']} s, app "
+                      f"{last['app_s']} s, push {last['push_s']} s, coordinator and transfer {last['coordinator_s']} s "
+                      f"(slower site, train + evaluate); one worker process per site: {pids}")))
+            if not options.quick:
+                stock_sites = federation.start_sites(superlink, warm=False, tag="stock")
+                stock = _adapt_seconds(federation.run("stock"))
+                federation.stop(stock_sites)
+                ratio = _later(stock) / statistics.median(simulated)
+                rows.append(Row(
+                    "before: Flower's flwr-clientapp per message, rounds 2-3", "deployed / simulated round wall time",
+                    "ratio", summarize([ratio]), DEPLOY_GOAL,
+                    details={"deployed_rounds_s": {str(k): round(v, 2) for k, v in stock.items()},
+                             "simulated_round_s": statistics.median(simulated)},
+                    note=f"deployed {_later(stock):.2f} s per round with a fresh ClientApp process per message"))
+        finally:
+            federation.stop()
+    return rows

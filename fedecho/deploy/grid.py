@@ -1,0 +1,100 @@
+"""The coordinator's Grid, prompt: replies are collected as soon as they arrive.
+
+Flower 1.41's deployment Grid (``HttpGrid.send_and_receive``) pushes a round's messages and then
+looks for replies every 3 s, so every exchange with the sites costs a multiple of 3 s even when
+the sites answer in one (a round has two: train and evaluate). :class:`PromptGrid` wraps any
+Grid and overrides only ``send_and_receive``: the same push and pull calls, with the pull interval
+starting at 50 ms and growing to 1 s while the sites work. Everything else is the wrapped Grid's.
+
+Flower also fetches a message's objects (its tensors) with retries 1 s, 2 s, 4 s ... apart when
+they are not uploaded yet, which is the rule when the receiver is prompt: the sender announces a
+message before uploading its objects. :func:`fast_object_pulls` makes one Flower module retry
+after 50 ms, growing to 0.5 s; it is applied to the coordinator's Grid (here) and to the
+SuperNode's loop (fedecho.deploy.supernode).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Iterable
+from types import ModuleType
+
+from flwr.app import Message
+from flwr.serverapp import Grid
+
+__all__ = ["PromptGrid", "fast_object_pulls", "prompt"]
+
+
+def fast_object_pulls(module: ModuleType, *, first_s: float = 0.05, cap_s: float = 0.5) -> bool:
+    """Make ``module``'s calls of Flower's ``pull_objects`` retry an object that is not uploaded
+    yet after ``first_s`` seconds (doubling up to ``cap_s``) instead of 1 s (doubling up to 10 s).
+    Returns False, changing nothing, where ``module`` does not call it (another Flower)."""
+    original = getattr(module, "pull_objects", None)
+    if original is None or getattr(original, "fedecho_prompt", False):
+        return False
+    fast = functools.partial(original, initial_backoff=first_s, backoff_cap=cap_s)
+    fast.fedecho_prompt = True  # type: ignore[attr-defined]
+    module.pull_objects = fast
+    return True
+
+
+def prompt(grid: Grid) -> Grid:
+    """``grid`` wrapped in :class:`PromptGrid` with prompt object pulls, unless it is the
+    simulation's in-memory Grid (which polls every 0.1 s and has no objects to fetch)."""
+    from flwr.superlink.grid import http_grid
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+    if isinstance(grid, (InMemoryGrid, PromptGrid)):
+        return grid
+    fast_object_pulls(http_grid)
+    return PromptGrid(grid)
+
+
+class PromptGrid(Grid):
+    """``grid`` with a prompter ``send_and_receive`` (see the module doc)."""
+
+    def __init__(self, grid: Grid, *, first_poll_s: float = 0.05, max_poll_s: float = 1.0) -> None:
+        self._grid = grid
+        self.first_poll_s, self.max_poll_s = first_poll_s, max_poll_s
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        pending = set(self._grid.push_messages(messages))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        replies: list[Message] = []
+        poll = self.first_poll_s
+        while pending:
+            arrived = list(self._grid.pull_messages(pending))
+            replies.extend(arrived)
+            pending.difference_update(m.metadata.reply_to_message_id for m in arrived)
+            if not pending or (deadline is not None and time.monotonic() >= deadline):
+                break
+            time.sleep(poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic())))
+            poll = min(poll * 1.5, self.max_poll_s)
+        return replies
+
+    # --- everything else is the wrapped Grid's -------------------------------------------------
+    def set_run(self, run):  # noqa: ANN001, ANN201 - Flower's signature
+        return self._grid.set_run(run)
+
+    @property
+    def run(self):  # noqa: ANN201
+        return self._grid.run
+
+    def create_message(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+        return self._grid.create_message(*args, **kwargs)
+
+    def get_node_ids(self):  # noqa: ANN201
+        return self._grid.get_node_ids()
+
+    def get_nodes(self):  # noqa: ANN201
+        return self._grid.get_nodes()
+
+    def push_messages(self, messages):  # noqa: ANN001, ANN201
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids):  # noqa: ANN001, ANN201
+        return self._grid.pull_messages(message_ids)
+
+    def __getattr__(self, name: str):  # noqa: ANN204 - anything a newer Grid adds
+        return getattr(self._grid, name)
