@@ -15,7 +15,7 @@ from flwr.serverapp import Grid
 
 from fedecho.config.run import RunConfig, to_dict
 from fedecho.federation.arrays import numpy_dict, to_arrayrecord, torch_dict
-from fedecho.federation.contract import ARRAYS, CONFIG, ConfigKey, declare
+from fedecho.federation.contract import ARRAYS, CONFIG, ConfigKey, MetricKey, declare
 from fedecho.federation.guarded import GuardedStrategy, site_name
 from fedecho.federation.history import RoundRecord, RunHistory
 from fedecho.federation.phases import Phase, plan_phases
@@ -66,7 +66,7 @@ class Coordinator:
 
     def _initial(self, phase: Phase) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
         """(declared tensors with their initial values, the encoder to hand out or None)."""
-        from fedecho.engine.build import build_pretrain_learner, build_task_learner, load_encoder
+        from fedecho.engine.build import build_pretrain_learner, build_task_learner, load_encoder, plain_encoder_state
 
         if phase.kind == "pretrain":
             learner = build_pretrain_learner(self.cfg)
@@ -77,9 +77,7 @@ class Coordinator:
         encoder = self._encoder_state()
         learner = build_task_learner(self.cfg, phase.task, encoder_state=encoder)
         if encoder is None:  # hand out the coordinator's seeded initial encoder
-            encoder = {k.removeprefix("backbone."): v for k, v in learner.state_dict().items()
-                       if k.startswith("backbone.") and "lora_" not in k}
-            encoder = {k.replace(".base_layer.", "."): v for k, v in encoder.items()}
+            encoder = plain_encoder_state(learner.state_dict(), "backbone.")
         return learner.shared_state_dict(), encoder
 
     # --- running ----------------------------------------------------------------------------------
@@ -164,7 +162,7 @@ class Coordinator:
         arrays = self.final.get(adapt) or self.checkpoint.phase_arrays(adapt)
         strategy = build_strategy(self.cfg.federation.strategy, num_sites=self.cfg.federation.num_sites)
         guarded = GuardedStrategy(strategy, phase_name=phase.name,
-                                  phase_config={**phase.config(self.cfg.train.seed), "split": "test"},
+                                  phase_config={**phase.config(self.cfg.train.seed), ConfigKey.SPLIT: "test"},
                                   declaration=declare(arrays), min_sites=self.cfg.federation.strategy.min_sites,
                                   connect_timeout=self.cfg.federation.strategy.round_timeout)
         guarded.current = RoundRecord(phase=phase.name, round=1)
@@ -220,7 +218,8 @@ class Coordinator:
 
     def _print_round(self, record: RoundRecord) -> None:
         def short(values: dict[str, float]) -> str:
-            keep = [k for k in values if k not in ("num-examples", "site-index", "seconds", "cpu-seconds")]
+            keep = [k for k in values if k not in (MetricKey.NUM_EXAMPLES, MetricKey.SITE_INDEX, MetricKey.SECONDS,
+                                                   MetricKey.CPU_SECONDS)]
             return ", ".join(f"{k} {values[k]:.4g}" for k in keep[:6])
 
         line = f"[{record.phase} round {record.round}] train: {short(record.train) or '-'} | eval: " \

@@ -127,7 +127,7 @@ def test_full_run_over_tls_with_authenticated_sites(federation, sites, tmp_path)
     assert submission["experiment"] == "federated" and len(submission["run_ids"]) == 1
     # each site kept its private state in its own folder, one per run
     for site in SITES:
-        assert list((tmp_path / "sites" / site).glob("run-*/trainer_adapt_view.pt"))
+        assert list((tmp_path / "sites" / site).glob("run-*/rounds/adapt_view/r*.pt"))
     print(f"2-round deployment run: {seconds:.1f} s")
 
 
