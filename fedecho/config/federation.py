@@ -74,8 +74,12 @@ class PrivacyConfig:
     target_epsilon: float | None = None
     """sample: a site stops training once its epsilon would exceed this."""
     delta: float = 1e-5
+    unit: str = "patient"
+    """sample: what epsilon protects: a patient (all their examples at the site) or one example."""
 
     def __post_init__(self) -> None:
+        if self.unit not in ("patient", "example"):
+            raise ValueError(f"privacy.unit {self.unit!r} is unknown; valid: patient, example")
         if self.mode not in ("none", "sample", "site"):
             raise ValueError(f"privacy.mode {self.mode!r} is unknown; valid: none, sample, site")
         if self.mode != "none" and (self.noise_multiplier < 0 or self.max_grad_norm <= 0):

@@ -140,7 +140,7 @@ def test_full_run_over_tls_with_authenticated_sites(federation, sites, tmp_path)
     assert submission["experiment"] == "federated" and len(submission["run_ids"]) == 1
     # each site kept its private state in its own folder, one per run
     for site in SITES:
-        assert list((tmp_path / "sites" / site).glob("run-*/trainer_adapt_view.pt"))
+        assert list((tmp_path / "sites" / site).glob("run-*/rounds/adapt_view/r*.pt"))
         # every message carried the coordinator's signature, verified at the site with its run_signing.pub
         audit = [json.loads(line) for line in (tmp_path / "sites" / site / "audit.jsonl").read_text().splitlines()]
         assert audit and {(e["signature"], e["policy"]) for e in audit} == {("valid", "allowed")}, audit[:2]
