@@ -102,10 +102,17 @@ def test_fedsa_keeps_b_on_the_site(tmp_path):
     assert set(reply) == set(reference.shared_state_dict())
     assert any(".lora_A." in k for k in reply) and not any(".lora_B." in k for k in reply)
     saved = {}
-    for path in tmp_path.rglob("*.pt"):
-        state = torch.load(path, map_location="cpu", weights_only=True)
+
+    def collect(state):  # the site's round snapshot nests the learner's local tensors
         if isinstance(state, dict):
-            saved.update({k: v for k, v in state.items() if isinstance(k, str) and ".lora_B." in k})
+            for key, value in state.items():
+                if isinstance(key, str) and ".lora_B." in key and isinstance(value, torch.Tensor):
+                    saved[key] = value
+                else:
+                    collect(value)
+
+    for path in tmp_path.rglob("*.pt"):
+        collect(torch.load(path, map_location="cpu", weights_only=True))
     assert saved and any(v.abs().max() > 0 for v in saved.values())  # trained, kept at the site
 
 
