@@ -1,4 +1,5 @@
-"""peft LoRA glue: inject adapters into backbones in place, move adapter state, multi-task banks.
+"""peft LoRA glue: inject adapters into backbones in place, move adapter state (one named adapter per
+task; the adapt phase builds a TaskLearner through :func:`apply_lora`).
 
 >>> from fedecho.config.model import BackboneConfig, LoraConfig
 >>> from fedecho.models import build_backbone
@@ -7,7 +8,6 @@
 'model.layers.0.attention.k_proj.lora_A.weight'
 """
 
-from fedecho.adapters.bank import AdapterBank, HeadInput
 from fedecho.adapters.lora import (
     AdapterStateError,
     adapter_names,
@@ -21,9 +21,7 @@ from fedecho.adapters.lora import (
 )
 
 __all__ = [
-    "AdapterBank",
     "AdapterStateError",
-    "HeadInput",
     "adapter_names",
     "apply_lora",
     "check_lora_targets",

@@ -5,8 +5,7 @@ How a backbone stays a backbone: :func:`apply_lora` uses peft's functional API
 (``peft.functional.inject_adapter_in_model``), which swaps each targeted ``nn.Linear`` /
 ``nn.Conv{1,2,3}d`` *in place* for a peft LoRA layer wrapping it. No ``PeftModel`` wrapper is
 created, so the object you pass in keeps its class, ``forward_embed`` and ``forward_features``;
-several named adapters can live side by side (one per task, see :mod:`fedecho.adapters.bank`),
-exactly one active at a time.
+several named adapters can live side by side (one per task), exactly one active at a time.
 
 Before injecting, :func:`apply_lora`
 

@@ -63,7 +63,7 @@ def _side(cfg: Any, data: Any, batch: int, mode: str | None, model: str):
     if mode == "hooks":
         from fedecho.privacy import SitePrivacy
 
-        loader = SitePrivacy(PrivacyConfig(mode="sample", noise_multiplier=1.0, max_grad_norm=1.0)).attach(
+        loader = SitePrivacy(PrivacyConfig(mode="sample", noise_multiplier=1.0, max_grad_norm=1.0, unit="example")).attach(
             trainer, loader, per_sample_loss=True, what=model)
     elif mode is not None:
         from opacus import PrivacyEngine

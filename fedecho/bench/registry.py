@@ -40,6 +40,9 @@ for _spec in (
                   "≤ 1.05", "fedecho.bench.engine_step:run"),
     BenchmarkSpec("pipeline", "data pipeline samples/s vs samples/s a training step consumes (AVI, NIfTI, DICOM)",
                   "≥ 2×", "fedecho.bench.pipeline:run"),
+    BenchmarkSpec("pipeline-gpu", "data loader vs a GPU: cold and cached (decoded cache, device augmentation) "
+                  "clips/frames per s vs the GPU's consumption rate", "≥ 500 clips/s, ≥ 2000 frames/s",
+                  "fedecho.bench.pipeline_gpu:run"),
     BenchmarkSpec("dp", "DP-SGD step vs non-private step on LoRA models (opacus per-sample gradient modes)",
                   "≤ 2×", "fedecho.bench.privacy:run"),
     BenchmarkSpec("scale", "10, 30, 100 simulated sites: round time, peak memory, linear fit",

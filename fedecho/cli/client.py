@@ -125,6 +125,9 @@ def _start(args: argparse.Namespace) -> int:
 
     bundle = load_bundle(args.bundle)
     folder, site, index = bundle_fields(bundle)
+    from fedecho.deploy.policy import load_policy
+
+    load_policy(folder)  # a bad [policy] is an error now, not a refusal of every run later
     settings = bundle.data  # site.toml [data]
     superlink = args.superlink or bundle.superlink
     data = args.data or settings.get("root")

@@ -74,8 +74,12 @@ class PrivacyConfig:
     target_epsilon: float | None = None
     """sample: a site stops training once its epsilon would exceed this."""
     delta: float = 1e-5
+    unit: str = "patient"
+    """sample: what epsilon protects: a patient (all their examples at the site) or one example."""
 
     def __post_init__(self) -> None:
+        if self.unit not in ("patient", "example"):
+            raise ValueError(f"privacy.unit {self.unit!r} is unknown; valid: patient, example")
         if self.mode not in ("none", "sample", "site"):
             raise ValueError(f"privacy.mode {self.mode!r} is unknown; valid: none, sample, site")
         if self.mode != "none" and (self.noise_multiplier < 0 or self.max_grad_norm <= 0):
@@ -147,12 +151,18 @@ class FederationConfig:
                              f"got {self.max_weight_ratio}")
         if self.privacy.mode == "site":
             if self.weighting == "examples":
-                raise ValueError("federation.weighting=examples cannot be used with federation.privacy.mode=site: site-level "
-                                 "DP calibrates its noise for a uniform mean; set federation.weighting=auto or uniform")
+                raise ValueError("federation.weighting=examples cannot be used with federation.privacy.mode=site: "
+                                 "site-level DP calibrates its noise for a uniform mean; set "
+                                 "federation.weighting=auto or uniform")
             if self.strategy.name not in MEAN_STRATEGIES:
                 raise ValueError(f"federation.privacy.mode=site needs a strategy that averages updates "
                                  f"({', '.join(MEAN_STRATEGIES)}); {self.strategy.name} has a different "
                                  f"sensitivity to one site: set federation.strategy.name=fedavg")
+            if self.strategy.max_update_norm is not None:
+                raise ValueError("federation.strategy.max_update_norm rejects updates by their norm, a choice of "
+                                 "participants that depends on the sites' data; with federation.privacy.mode=site "
+                                 "updates are clipped to federation.privacy.max_grad_norm instead: set "
+                                 "federation.strategy.max_update_norm=null")
         if self.strategy.min_sites > self.num_sites:
             raise ValueError(
                 f"strategy.min_sites={self.strategy.min_sites} exceeds federation.num_sites={self.num_sites}; "

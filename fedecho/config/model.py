@@ -2,8 +2,8 @@
 
 Both validate themselves in ``__post_init__``; every error names the field and the fix.
 :func:`fedecho.models.build_backbone` builds a backbone from a :class:`BackboneConfig`;
-:func:`fedecho.adapters.apply_lora` and :class:`fedecho.adapters.AdapterBank` take a
-:class:`LoraConfig`. This module imports nothing heavier than the standard library.
+:func:`fedecho.adapters.apply_lora` takes a :class:`LoraConfig`. This module imports nothing heavier
+than the standard library.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ For every message to a deployed node (its node config names ``bundle-dir``):
    data roots): the coordinator's ``federation.run_dir`` alone passes, only to name the site's
    per-run state folder;
 4. the configuration composed from the grant alone (never from unsigned values) obeys the site's
-   policy (:mod:`fedecho.deploy.policy`), and the message's phase is one the signed run plans;
+   policy (:mod:`fedecho.deploy.policy`), and the message's unsigned instructions (phase, round,
+   local epochs/steps, lr, proximal-mu, split) are what the signed run plans;
 5. the site's own data settings (node config + ``[policy.data]``) replace the run's.
 
 A failed check raises :class:`SiteRefusal`: a code and a reason without site paths or ids (it is
@@ -38,6 +39,7 @@ from fedecho.deploy.signing import (
     load_public_key,
     verify_run_config,
 )
+from fedecho.federation.contract import ConfigKey
 from fedecho.federation.phases import Phase, plan_phases
 
 __all__ = ["Admitted", "Code", "SiteRefusal", "Verdict", "admit", "installed_app", "path_keys",
@@ -217,8 +219,10 @@ def _verify(bundle: Path, run_config: dict, verdict: Verdict) -> RunGrant:
     return grant
 
 
-def admit(run_config: dict, node_config: dict, phase: Phase, round_: int, verdict: Verdict) -> Admitted:
-    """Check one message to a deployed node (see the module doc); ``verdict`` records each step."""
+def admit(run_config: dict, node_config: dict, phase: Phase, round_: int, verdict: Verdict,
+          message_config: dict | None = None) -> Admitted:
+    """Check one message to a deployed node (see the module doc); ``verdict`` records each step.
+    ``message_config``: the message's config record, whose unsigned values must fit the signed run."""
     if not node_config.get("bundle-dir"):
         verdict.signature = "invalid"
         raise SiteRefusal(Code.SIGNATURE, "the site cannot verify runs: its node config has no bundle-dir (start "
@@ -247,9 +251,15 @@ def admit(run_config: dict, node_config: dict, phase: Phase, round_: int, verdic
         verdict.policy = f"refused: {rule}"
         raise SiteRefusal(Code.POLICY, f"refused run: site policy: {rule}", rule=f"site policy: {rule}")
     planned = {p.name: p for p in plan_phases(cfg)}
-    if planned.get(phase.name) != phase or not 0 <= round_ <= phase.rounds:
+    extra = message_config or {}
+    strategy = cfg.federation.strategy
+    mu = float(extra.get(ConfigKey.PROXIMAL_MU, 0.0))
+    if (planned.get(phase.name) != phase or not 0 <= round_ <= phase.rounds
+            or mu not in (0.0, strategy.proximal_mu if strategy.name == "fedprox" else 0.0)
+            or str(extra.get("split", "val")) not in ("val", "test")):
         verdict.policy = "refused: message not in the signed run"
-        raise SiteRefusal(Code.MESSAGE, f"message phase {phase} round {round_} is not in the signed run's plan "
+        raise SiteRefusal(Code.MESSAGE, f"message phase {phase} round {round_} (proximal-mu {mu}, split "
+                                        f"{extra.get('split')!r}) is not in the signed run's plan "
                                         f"{list(planned.values())}")
     verdict.policy = "allowed"
     return _site_config(cfg, policy, node_config, grant)

@@ -202,4 +202,10 @@ def load_policy(path: str | Path) -> SitePolicy:
     beyond the ones that always hold (signed runs, no coordinator paths)."""
     path = Path(path)
     where = str(path / "site.toml" if path.is_dir() else path)
-    return SitePolicy.from_table(read_site_toml(path).get("policy", {}), where)
+    settings = read_site_toml(path)
+    data = settings.get("data", {})
+    misplaced = sorted(set(data) & set(DataPolicy.KEYS)) if isinstance(data, dict) else []
+    if misplaced:
+        raise ValueError(f"{where}: {misplaced} in [data] are not read; the site's data settings belong in "
+                         f"[policy.data] (move them there)")
+    return SitePolicy.from_table(settings.get("policy", {}), where)

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from fedecho.deploy.certs import KeyPair, make_site_keys
 from fedecho.deploy.federation import SITE_KEY, Federation, check_site_name
+from fedecho.deploy.policy import DEFAULT_POLICY_TOML
 
 __all__ = ["BUNDLE_FILES", "add_site", "init_site", "read_site_public_key", "site_toml_template"]
 
@@ -65,7 +66,8 @@ def read_site_public_key(path: str | Path) -> bytes:
 
 def site_toml_template(name: str, index: int, superlink: str) -> str:
     """The site's own settings file, as the coordinator proposes it; the site edits it and it
-    wins over anything a run asks for (policy keys: README "Site policy")."""
+    wins over anything a run asks for (policy keys and defaults: fedecho.deploy.policy, README
+    "Site policy")."""
     return f"""# FedEcho site settings. This file is the SITE's: it wins over anything a run asks for.
 # Command-line flags of `fedecho-client start` win over [data].
 
@@ -78,19 +80,8 @@ superlink = {json.dumps(superlink)}
 # format = "camus"                  # camus | echonet-dynamic | echonet-lvh | tmed2 | dicom
 # root = "/data/camus"
 # state-dir = "/var/lib/fedecho-site"
-on-error = "skip"                   # skip bad items (counted, logged) | raise
 
-[policy]
-# What this site allows; a run that breaks a rule is refused with the rule's name.
-# (See the README "Site policy" for every key and its default.)
-experiments = ["federated", "demo"]
-max-rounds = 100
-dp-required = false
-
-[policy.data]
-# The site's own data settings; the coordinator's run config cannot change them.
-on-error = "skip"
-"""
+{DEFAULT_POLICY_TOML}"""
 
 
 def _instructions(name: str, superlink: str) -> str:

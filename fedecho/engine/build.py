@@ -14,7 +14,8 @@ from torch import Tensor
 from fedecho.config.run import RunConfig
 from fedecho.engine.learners import PretrainLearner, TaskLearner
 
-__all__ = ["build_pretrain_learner", "build_task_learner", "encoder_state_from_checkpoint", "load_encoder"]
+__all__ = ["build_pretrain_learner", "build_task_learner", "encoder_state_from_checkpoint", "load_encoder",
+           "plain_encoder_state"]
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +40,23 @@ def load_encoder(backbone: torch.nn.Module, state: Mapping[str, Tensor]) -> None
     backbone.load_state_dict(dict(state))
 
 
+def plain_encoder_state(learner_state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The encoder (backbone) weights under ``prefix`` of a learner's state dict, without LoRA, in
+    the plain backbone's key names (the one place encoder keys are renamed)."""
+    state = {k[len(prefix):]: v for k, v in learner_state.items() if k.startswith(prefix) and "lora_" not in k}
+    # peft wraps adapted layers as <layer>.base_layer.<param>; the plain backbone has <layer>.<param>
+    return {k.replace(".base_layer.", "."): v for k, v in state.items()}
+
+
 def encoder_state_from_checkpoint(path: str) -> dict[str, Tensor]:
     """The backbone weights inside a ``fedecho train`` checkpoint (task or pretraining learner)."""
     from fedecho.engine.checkpoint import load_checkpoint
 
     learner_state = load_checkpoint(path)["learner"]
     for prefix in ("backbone.", "method.backbone."):
-        state = {k[len(prefix):]: v for k, v in learner_state.items() if k.startswith(prefix) and "lora_" not in k}
+        state = plain_encoder_state(learner_state, prefix)
         if state:
-            # peft wraps adapted layers as <layer>.base_layer.<param>; the plain backbone has <layer>.<param>
-            return {k.replace(".base_layer.", "."): v for k, v in state.items()}
+            return state
     raise ValueError(f"checkpoint {path} holds no encoder (no backbone.* tensors)")
 
 

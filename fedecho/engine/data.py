@@ -204,7 +204,9 @@ class PretrainDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> dict[str, Any] | None:
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any] | None:
+        if isinstance(index, tuple):  # (epoch, index) from an EpochSampler: persistent workers
+            self.epoch, index = int(index[0]), int(index[1])
         item = self.items[index]
         generator = np.random.default_rng((self.seed, self.epoch, index))
         try:
@@ -229,9 +231,18 @@ class PretrainDataset(Dataset):
 
 def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int, collate: Callable,
                 num_workers: int = 0, drop_last: bool = False, pin_memory: bool = False) -> DataLoader:
-    """A DataLoader with a seeded shuffle (deterministic for ``seed``); workers are persistent."""
+    """A DataLoader with a seeded shuffle (deterministic for ``seed``). Workers are persistent; a
+    dataset with ``set_epoch`` then gets its epoch through the indices (``EpochSampler``)."""
+    from torch.utils.data import RandomSampler, SequentialSampler
+
+    from fedecho.tasks.dataset import EpochSampler
+
     generator = torch.Generator()
     generator.manual_seed(int(hashlib.sha256(f"loader-{seed}".encode()).hexdigest()[:8], 16))
+    if num_workers > 0 and hasattr(dataset, "set_epoch"):
+        base = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+        return DataLoader(dataset, batch_size=batch_size, sampler=EpochSampler(base, dataset), collate_fn=collate,
+                          generator=generator, num_workers=num_workers, drop_last=drop_last, persistent_workers=True, pin_memory=pin_memory)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator,
                       num_workers=num_workers, drop_last=drop_last, persistent_workers=num_workers > 0,
                       pin_memory=pin_memory)

@@ -1,9 +1,12 @@
 """The learner: what one site trains in one phase, and which of its tensors federation may send.
 
-A :class:`Learner` is an ``nn.Module`` with a loss over a batch. Its ``shared`` tensors are the
-phase's declared tensors (encoder weights in pretraining; one task's LoRA adapter and head in
-adaptation); everything else (optimiser state, DINO teacher, FedBN norms, frozen encoder) stays on
-the site.
+A :class:`Learner` is an ``nn.Module`` with a loss over a batch. It alone decides what travels and
+what stays: its ``shared`` tensors (:meth:`Learner.shared_state_dict`) are the phase's declared
+tensors (encoder weights and their BatchNorm statistics in pretraining; one task's LoRA adapter and
+head in adaptation); its ``local`` tensors (:meth:`Learner.local_state_dict`: DINO teacher and
+centre, FedBN norms, ...) stay on the site and are saved in its per-round snapshot together with
+the optimiser, schedule and DP state (:meth:`fedecho.engine.trainer.Trainer.site_state_dict`). A
+frozen encoder is neither: the coordinator hands it out once per adapt phase.
 """
 
 from __future__ import annotations
@@ -45,8 +48,8 @@ class Learner(nn.Module, ABC):
         return self.is_shared(name) and not name.endswith("num_batches_tracked")
 
     def shared_state_dict(self) -> dict[str, Tensor]:
-        """The declared tensors, detached, on CPU, in a stable order."""
-        return {k: v.detach().cpu() for k, v in self.state_dict().items() if self._declared(k)}
+        """The declared tensors: copies (never views of the live weights), on CPU, in a stable order."""
+        return {k: v.detach().cpu().clone() for k, v in self.state_dict().items() if self._declared(k)}
 
     def load_shared_state_dict(self, state: Mapping[str, Tensor]) -> None:
         """Load declared tensors; unexpected, missing or mis-shaped entries raise one error listing them."""
@@ -63,6 +66,26 @@ class Learner(nn.Module, ABC):
         with torch.no_grad():
             for k, v in own.items():
                 v.copy_(state[k].to(device=v.device, dtype=v.dtype))
+
+    def _kept_local(self, name: str) -> bool:
+        """Whether non-declared entry ``name`` is site state worth keeping (default: all of them)."""
+        return True
+
+    def local_state_dict(self) -> dict[str, Tensor]:
+        """The site-private tensors: every non-declared entry the learner keeps, detached, on CPU."""
+        return {k: v.detach().cpu().clone() for k, v in self.state_dict().items()
+                if not self._declared(k) and self._kept_local(k)}
+
+    def load_local_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """Load a :meth:`local_state_dict`; wrong, missing or mis-shaped entries raise, naming them."""
+        own = self.local_state_dict()
+        problems = [f"unexpected tensor {k!r}" for k in state if k not in own]
+        problems += [f"missing tensor {k!r}" for k in own if k not in state]
+        problems += [f"{k!r} has shape {tuple(state[k].shape)}, expected {tuple(v.shape)}"
+                     for k, v in own.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+        if problems:
+            raise ValueError(f"cannot load local state into {type(self).__name__}: " + "; ".join(problems[:20]))
+        self.load_state_dict(dict(state), strict=False)
 
     def shared_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """Trainable parameters among the declared tensors (FedProx's proximal term uses these)."""

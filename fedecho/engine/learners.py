@@ -86,6 +86,11 @@ class TaskLearner(Learner):
             return "lora_" in name
         return False
 
+    def _kept_local(self, name: str) -> bool:
+        # a frozen (or LoRA-adapted) encoder comes from the coordinator's setup message: only its
+        # FedBN norms are the site's own
+        return self.encoder == "full" or not name.startswith("backbone.") or name in self._local
+
     def predict(self, batch: Mapping[str, Any]) -> Tensor:
         return self.task.forward(self.backbone, self.head, batch)
 
@@ -98,7 +103,12 @@ class TaskLearner(Learner):
 
 
 class PretrainLearner(Learner):
-    """A self-supervised method (fedecho.ssl) whose encoder (student) is federated."""
+    """A self-supervised method (fedecho.ssl) whose encoder (student) is federated.
+
+    What travels: the method's :meth:`~fedecho.ssl.methods.PretrainMethod.shared_parameter_names`
+    and the buffers of the same modules (BatchNorm running statistics travel with their weights, so
+    the aggregated encoder is usable as is). Everything else (DINO teacher, centre) is local.
+    """
 
     def __init__(self, method: nn.Module) -> None:
         super().__init__()

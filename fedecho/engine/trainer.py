@@ -74,8 +74,11 @@ class Trainer:
     """Trains a :class:`Learner` with the optimiser and schedule of a :class:`TrainConfig`.
 
     ``total_steps`` spans the whole run (all epochs, or all federated rounds) so the schedule is
-    continuous across calls. ``proximal_mu`` > 0 adds FedProx's term μ/2·‖w − w_global‖² over the
-    learner's shared trainable tensors (Li et al. 2020), anchored by :meth:`set_proximal_anchor`.
+    continuous across calls. ``proximal_mu`` > 0 adds FedProx's gradient μ(w − w_global) over the
+    learner's shared trainable tensors (Li et al. 2020), anchored by :meth:`set_proximal_anchor`. It
+    is added to the gradient right before the base optimiser's update (a step pre-hook), i.e. after
+    DP-SGD's clipping and noise: the term touches no data, and opacus' per-sample gradients would
+    otherwise drop it.
     """
 
     def __init__(
@@ -101,6 +104,10 @@ class Trainer:
         self.global_step = 0
         self.proximal_mu = 0.0
         self._anchor: list[tuple[torch.nn.Parameter, Tensor]] = []
+        self.optimizer.register_step_pre_hook(self._add_proximal_gradient)
+        #: Site-private state attached to training (the DP accountant): ``state_dict()`` +
+        #: ``load_state_dict()``, saved with :meth:`site_state_dict`.
+        self.private_state: Any = None
         #: Called instead of a training step when a batch is empty (DP-SGD's Poisson sampling
         #: can draw one; the step must still add noise and be accounted). None: skip the batch.
         self.empty_batch_step: Any = None
@@ -111,13 +118,37 @@ class Trainer:
         self.proximal_mu = float(mu)
         self._anchor = [(p, p.detach().clone()) for _, p in self.learner.shared_parameters()] if mu > 0 else []
 
+    def _add_proximal_gradient(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if not self._anchor:
+            return
+        with torch.no_grad():
+            for p, ref in self._anchor:
+                prox = (p.detach() - ref) * self.proximal_mu
+                p.grad = prox if p.grad is None else p.grad.add_(prox)
+
     def state_dict(self) -> dict[str, Any]:
-        """Site-private training state: optimiser, schedule and step count."""
+        """Training state: optimiser, schedule and step count."""
         return {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "global_step": self.global_step,
         }
+
+    def site_state_dict(self) -> dict[str, Any]:
+        """Everything a site keeps between rounds, as one unit: the learner's local tensors (never
+        the declared ones, never a frozen encoder), optimiser, schedule, step and private state."""
+        return {
+            "learner": self.learner.local_state_dict(),
+            "trainer": self.state_dict(),
+            "private": self.private_state.state_dict() if self.private_state is not None else None,
+        }
+
+    def load_site_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`site_state_dict` (the private state must already be attached)."""
+        self.learner.load_local_state_dict(state["learner"])
+        self.load_state_dict(state["trainer"])
+        if (state.get("private") is None) != (self.private_state is None):
+            raise ValueError("site state and trainer disagree on DP-SGD (privacy.mode changed within a run?)")
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
@@ -125,9 +156,6 @@ class Trainer:
         self.global_step = int(state["global_step"])
 
     # --- training -----------------------------------------------------------------------------
-    def _proximal_term(self) -> Tensor:
-        return 0.5 * self.proximal_mu * sum((p - ref).pow(2).sum() for p, ref in self._anchor)
-
     def train_epoch(self, loader: Iterable[Mapping[str, Any]], *, max_steps: int | None = None,
                     desc: str = "train") -> EpochResult:
         """One pass over ``loader`` (or ``max_steps`` batches)."""
@@ -151,8 +179,6 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             with autocast(self.cfg, self.device):
                 loss, logs = self.learner.loss(batch)
-            if self._anchor:
-                loss = loss + self._proximal_term()
             loss.backward()
             if self.cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.learner.trainable_parameters(), self.cfg.grad_clip)

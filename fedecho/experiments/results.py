@@ -260,8 +260,29 @@ def write_results(exp: Experiment, size: str, out: Path, results: dict[str, ArmR
     if any(r.fraction is not None for r in results.values()):
         for target in exp.targets:
             lines += _fraction_section(exp, target, out, results)
+    lines += _clinical_section(out, results)
     (out / "results.md").write_text("\n".join(lines) + "\n")
     return payload
+
+
+def _clinical_section(out: Path, results: dict[str, ArmResult]) -> list[str]:
+    """LV area, volumes and EF from the arms' predicted vs expert ED/ES masks + Bland–Altman of EF
+    (pooled and federated arms side by side)."""
+    from fedecho.report.clinical import clinical_table, plot_clinical
+    from fedecho.report.figure import save_figure
+
+    files = {name: Path(arm.run_dir) / "clinical.npz" for name, arm in results.items()
+             if (Path(arm.run_dir) / "clinical.npz").is_file()}
+    if not files:
+        return []
+    lines = ["## Clinical read-outs (lv_seg, test patients with ED and ES)", "",
+             "Single-plane Simpson (20 disks) on the model's input grid; model vs expert masks. Arms with "
+             "per-site models (FedBN, fedsa) have no global model to read out.", "", *clinical_table(files), ""]
+    shown = {name: path for name, path in files.items() if results[name].local_of is None and results[name].setting != "local"}
+    if shown:
+        path = save_figure(plot_clinical(shown, "ef_pct"), out / "bland_altman_ef.png")
+        lines += [f"![Bland–Altman of EF, model vs expert]({path.name})", ""]
+    return lines
 
 
 def _fraction_section(exp: Experiment, target: Target, out: Path, results: dict[str, ArmResult]) -> list[str]:

@@ -125,6 +125,26 @@ def _simulate(exp: Experiment, overrides: list[str], run_dir: Path, *, cpus: int
     return result["seconds"], time.process_time() - cpu
 
 
+def _clinical(exp: Experiment, overrides: list[str], run_dir: Path) -> None:
+    """LV area / volume / EF read-outs of an lv_seg arm's global model (``run_dir/clinical.npz``);
+    arms without a central model (FedBN, fedsa: per-site models) or without ED/ES pairs get none."""
+    if "lv_seg" not in exp.tasks or (run_dir / "clinical.npz").is_file():
+        return
+    from fedecho.config.compose import compose_run_config
+    from fedecho.report.clinical import predict_clinical
+
+    cfg = compose_run_config(overrides, config_name=exp.config)
+    if not cfg.federation.central_eval:
+        return
+    try:
+        path = predict_clinical(cfg, run_dir)
+    except (ValueError, FileNotFoundError) as err:
+        log.warning("%s: no clinical read-out (%s)", run_dir, err)
+        return
+    if path is not None:
+        log.info("%s: clinical read-outs in %s", run_dir, path)
+
+
 def _pretext(exp: Experiment, size: str, out: Path) -> Path | None:
     """The one-site supervised pretext of the experiment (``fedecho train``), trained once per size."""
     overrides = exp.pretext_for(size)
@@ -198,6 +218,7 @@ def run_experiment(exp: Experiment, size: str = "smoke", *, out: str | Path | No
             if arm in exp.federated:
                 info = {"partition": partition_key(compose_run_config(overrides, config_name=exp.config))}
             results[arm] = collect_arm(exp, arm, run_dir, wall_seconds=wall, coordinator_cpu=cpu, **info)
+            _clinical(exp, overrides, run_dir)
     return write_results(exp, size, out, results)
 
 

@@ -28,7 +28,8 @@ An experiment file names what is reproduced and how FedEcho runs it pooled and f
 The pooled arm is the same run on one site holding every patient, with FedAvg (a single update is
 its own average), the same rounds and local epochs: the site's optimiser state and learning-rate
 schedule span all rounds, so it is single-site training with the federated run's evaluation,
-checkpoints and report.
+checkpoints and report. The local-only arms are the same one-site run for each site of each
+federated partition, on that site's patients only (see :mod:`fedecho.experiments.runner`).
 """
 
 from __future__ import annotations

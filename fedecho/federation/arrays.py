@@ -21,9 +21,10 @@ __all__ = ["MalformedArrayError", "ViewArray", "array_view", "numpy_dict", "pars
 
 
 def to_arrayrecord(state: Mapping[str, torch.Tensor | np.ndarray]) -> ArrayRecord:
-    """Tensors (or arrays) keyed by name -> ArrayRecord, keeping names and order."""
+    """Tensors (or arrays) keyed by name -> ArrayRecord, keeping names and order (numpy arrays, even
+    read-only views, are serialised directly)."""
     return ArrayRecord({
-        k: v.detach().cpu().contiguous() if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(v))
+        k: Array(v.detach().cpu().contiguous()) if isinstance(v, torch.Tensor) else Array(np.ascontiguousarray(v))
         for k, v in state.items()
     })
 

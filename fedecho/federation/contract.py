@@ -42,18 +42,21 @@ class ConfigKey:
     PROXIMAL_MU = "proximal-mu"    # FedProx: the client adds mu/2 ||w - w_global||^2
     SEED = "seed"
     SETUP = "setup"                # 1 on the message that hands sites the frozen encoder
+    SPLIT = "split"                # evaluate: which split the site evaluates on ("val" | "test")
 
 
 class MetricKey:
     """Keys of the ``metrics`` record a site returns (scalars only)."""
 
     NUM_EXAMPLES = "num-examples"  # Flower's weighting key
+    SITE_INDEX = "site-index"      # the site's index (names it in logs and the report)
     LOSS = "train-loss"
     EVAL_LOSS = "eval-loss"
     SECONDS = "seconds"
     CPU_SECONDS = "cpu-seconds"    # CPU time of the site's process for this round (all threads)
     SKIPPED = "skipped-items"      # unreadable items left out under the skip policy
-    EPSILON = "epsilon"
+    EPSILON = "epsilon"            # DP-SGD epsilon spent so far, in privacy.unit (patient by default)
+    EPSILON_EXAMPLE = "epsilon-example"  # the same budget counted per example (always reported)
     DELTA = "delta"
     BUDGET_SPENT = "budget-spent"  # 1 when the site's (epsilon, delta) budget stopped its training
 

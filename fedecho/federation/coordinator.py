@@ -68,7 +68,7 @@ class Coordinator:
 
     def _initial(self, phase: Phase) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
         """(declared tensors with their initial values, the encoder to hand out or None)."""
-        from fedecho.engine.build import build_pretrain_learner, build_task_learner, load_encoder
+        from fedecho.engine.build import build_pretrain_learner, build_task_learner, load_encoder, plain_encoder_state
 
         if phase.kind == "pretrain":
             learner = build_pretrain_learner(self.cfg)
@@ -79,9 +79,7 @@ class Coordinator:
         encoder = self._encoder_state()
         learner = build_task_learner(self.cfg, phase.task, encoder_state=encoder)
         if encoder is None:  # hand out the coordinator's seeded initial encoder
-            encoder = {k.removeprefix("backbone."): v for k, v in learner.state_dict().items()
-                       if k.startswith("backbone.") and "lora_" not in k}
-            encoder = {k.replace(".base_layer.", "."): v for k, v in encoder.items()}
+            encoder = plain_encoder_state(learner.state_dict(), "backbone.")
         return learner.shared_state_dict(), encoder
 
     # --- running ----------------------------------------------------------------------------------
@@ -174,7 +172,7 @@ class Coordinator:
         arrays = self.final.get(adapt) or self.checkpoint.phase_arrays(adapt)
         strategy = build_strategy(self.cfg.federation.strategy, num_sites=self.cfg.federation.num_sites)
         guarded = GuardedStrategy(strategy, phase_name=phase.name,
-                                  phase_config={**phase.config(self.cfg.train.seed), "split": "test"},
+                                  phase_config={**phase.config(self.cfg.train.seed), ConfigKey.SPLIT: "test"},
                                   declaration=declare(arrays), min_sites=self.cfg.federation.strategy.min_sites,
                                   connect_timeout=self.cfg.federation.strategy.round_timeout,
                                   weights=WeightPolicy.from_config(self.cfg.federation))

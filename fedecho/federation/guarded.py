@@ -23,7 +23,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedecho.federation.arrays import MalformedArrayError, numpy_dict, parse_record, view_record
+from fedecho.federation.arrays import MalformedArrayError, numpy_dict, parse_record, to_arrayrecord, view_record
 from fedecho.federation.contract import ARRAYS, METRICS, Declaration, MetricKey
 from fedecho.federation.history import RoundRecord
 from fedecho.federation.validation import check_update
@@ -45,6 +45,16 @@ def site_name(message: Message) -> str:
     if _is_scalar(index) and math.isfinite(index) and float(index).is_integer() and 0 <= index < 2**31:
         return f"site_{int(index)}"
     return f"node_{message.metadata.src_node_id}"
+
+
+def _distinct_name(message: Message, names: dict[str, int]) -> str:
+    """:func:`site_name`, unless another node of this round already claimed that name (a site can
+    report any index): then ``<name>@node_<id>``, so no site's record overwrites another's."""
+    name, node = site_name(message), message.metadata.src_node_id
+    if names.setdefault(name, node) != node:
+        name = f"{name}@node_{node}"
+        names[name] = node
+    return name
 
 
 def _is_scalar(value: object) -> bool:
@@ -82,6 +92,7 @@ class ParsedReply:
 def parse_reply(message: Message, declaration: Declaration, *, reference: Mapping[str, np.ndarray] | None = None,
                 max_update_norm: float | None = None) -> ParsedReply:
     """Parse and validate one train reply on its own; raise :class:`RejectedReply` with every problem.
+    The message keeps only its ``arrays`` and ``metrics`` records (what Flower's aggregation reads).
 
     Each array's bytes are checked before anything reads them (a short or foreign payload is that
     site's problem, never the round's), then the update against the phase's declaration (names,
@@ -213,8 +224,9 @@ class GuardedStrategy(Strategy):
         record = self.current or RoundRecord(phase=self.phase_name, round=absolute)
         replies = list(replies)
         parsed: dict[int, tuple[str, ParsedReply]] = {}  # by Flower's (authenticated) node id
+        names: dict[str, int] = {}
         for message in replies:
-            site = site_name(message)
+            site = _distinct_name(message, names)
             if message.has_error():
                 record.rejected[site] = f"error: {message.error.reason}"
                 log.warning("round %d (%s): %s failed: %s", absolute, self.phase_name, site, message.error.reason)
@@ -228,8 +240,8 @@ class GuardedStrategy(Strategy):
                 log.warning("round %d (%s): %s stopped: %s", absolute, self.phase_name, site, record.rejected[site])
                 continue
             try:
-                parsed[message.metadata.src_node_id] = site, parse_reply(message, self.declaration, reference=self._reference,
-                                           max_update_norm=self.max_update_norm)
+                parsed[message.metadata.src_node_id] = site, parse_reply(
+                    message, self.declaration, reference=self._reference, max_update_norm=self.max_update_norm)
             except RejectedReply as err:
                 record.rejected[site] = str(err)
                 log.warning("round %d (%s): rejected update from %s: %s", absolute, self.phase_name, site, err)
@@ -261,7 +273,16 @@ class GuardedStrategy(Strategy):
             valid.append(message)
         arrays, metrics = self.strategy.aggregate_train(absolute, _common_metrics(valid))
         record.train = _scalars(metrics)
-        return arrays, metrics
+        return (self._as_declared(arrays) if arrays is not None else None), metrics
+
+    def _as_declared(self, arrays: ArrayRecord) -> ArrayRecord:
+        """The global arrays in their declared dtypes: Flower's FedAdam/FedYogi compute in float64,
+        which would double the bytes sent to every site and drift from the phase's declaration."""
+        if all(value.dtype == self.declaration[name].dtype for name, value in arrays.items()
+               if name in self.declaration):
+            return arrays
+        return to_arrayrecord({name: value.numpy().astype(self.declaration[name].dtype, copy=False)
+                               if name in self.declaration else value.numpy() for name, value in arrays.items()})
 
     # --- evaluate -------------------------------------------------------------------------------
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -279,8 +300,9 @@ class GuardedStrategy(Strategy):
         absolute = self.absolute(server_round)
         replies = list(replies)
         counted: dict[int, tuple[str, Message, int]] = {}
+        names: dict[str, int] = {}
         for message in replies:
-            site = site_name(message)
+            site = _distinct_name(message, names)
             if message.has_error():
                 log.warning("round %d (%s): evaluation on %s failed: %s", absolute, self.phase_name, site,
                             message.error.reason)

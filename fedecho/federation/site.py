@@ -2,16 +2,17 @@
 train one round, evaluate. Torch/peft/Flower-free logic over the engine; ``client/app.py`` only
 unpacks messages and calls it.
 
-Site-private state (optimiser and schedule, DINO teacher, FedBN norms, the DP accountant, the
-received encoder) lives in an in-process cache (rounds in one process) and in the site's state
-directory (rounds in new processes, restarts): nothing of it is sent.
+Site-private state (optimiser and schedule, DINO teacher, FedBN norms, the DP accountant) is owned
+by the trainer and its learner (``Trainer.site_state_dict``) and saved as one atomic snapshot per
+round (:mod:`fedecho.engine.snapshots`); the received encoder and the DP noise secret
+(:mod:`fedecho.privacy.secret`) are files of the site's state directory. An in-process cache
+serves consecutive rounds; nothing of it is sent.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import time
 from collections import OrderedDict
@@ -24,6 +25,7 @@ from torch import Tensor
 
 from fedecho.config.data import DataConfig
 from fedecho.config.run import RunConfig
+from fedecho.engine.snapshots import SnapshotStore
 from fedecho.federation.contract import MetricKey
 from fedecho.federation.phases import Phase
 
@@ -69,6 +71,8 @@ class _PhaseObjects:
     eval_loaders: dict[str, Any]
     privacy: Any = None
     trained_round: int = 0
+    base_skipped: int = 0
+    """Items the training dataset left out when it was built (labels it cannot use)."""
 
 
 class SiteRuntime:
@@ -80,9 +84,14 @@ class SiteRuntime:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.data_cfg = data or cfg.data
+        self.snapshots = SnapshotStore(self.state_dir)
+        self.secret = None
+        if cfg.federation.privacy.mode == "sample":  # created here, at the site, before any training
+            from fedecho.privacy import SiteSecret
+
+            self.secret = SiteSecret.load_or_create(self.state_dir)
         self._sites: dict[str, Any] = {}
         self._phases: dict[str, _PhaseObjects] = {}
-        self._privacy = None
 
     # --- data ----------------------------------------------------------------------------------
     @property
@@ -110,40 +119,43 @@ class SiteRuntime:
         return self._sites[key]
 
     # --- state ---------------------------------------------------------------------------------
-    def _path(self, what: str, phase: Phase) -> Path:
-        return self.state_dir / f"{what}_{phase.name.replace(':', '_')}.pt"
+    def _encoder_path(self, phase: Phase) -> Path:
+        return self.state_dir / f"encoder_{phase.name.replace(':', '_')}.pt"
 
-    def _save(self, path: Path, payload: Any) -> None:
-        tmp = path.with_suffix(".tmp")
-        torch.save(payload, tmp)
-        tmp.replace(path)
+    def _previous_phases(self, phase: Phase) -> list[str]:
+        """Training phases planned before ``phase`` (their last snapshot holds the accountant)."""
+        from fedecho.federation.phases import plan_phases
 
-    def _load(self, path: Path) -> Any:
-        return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+        names = [p.name for p in plan_phases(self.cfg) if p.kind != "evaluate"]
+        return names[:names.index(phase.name)] if phase.name in names else []
 
-    def _local_state(self, learner) -> dict[str, Tensor]:
-        """Non-shared learner state worth keeping: not the frozen encoder (it comes from setup)."""
-        keep_encoder = getattr(learner, "encoder", "full") == "full" or not hasattr(learner, "task")
-        local_norms = getattr(learner, "_local", set())
-        return {k: v.detach().cpu() for k, v in learner.state_dict().items()
-                if not learner.is_shared(k) and (keep_encoder or not k.startswith("backbone.") or k in local_norms)}
+    def _accountant_state(self, phase: Phase, base: int) -> Any:
+        """The site's one accountant as of the snapshot ``base`` of ``phase`` (or, at a phase's
+        start, as of the last snapshot of the phase before): ε composes over phases."""
+        if base:
+            return self.snapshots.load(phase.name, base).get("private")
+        for name in reversed(self._previous_phases(phase)):
+            last = self.snapshots.latest(name)
+            if last:
+                return self.snapshots.load(name, last).get("private")
+        return None
 
     # --- phases --------------------------------------------------------------------------------
     def setup(self, phase: Phase, encoder: Mapping[str, Tensor]) -> dict[str, float]:
         """Keep the frozen encoder the coordinator hands out at the start of an adapt phase."""
-        self._save(self._path("encoder", phase), dict(encoder))
+        path = self._encoder_path(phase)
+        tmp = path.with_suffix(".tmp")
+        torch.save(dict(encoder), tmp)
+        tmp.replace(path)
         self._phases.pop(phase.name, None)
-        return {MetricKey.NUM_EXAMPLES: 1.0, "site-index": float(self.site_index)}
+        return {MetricKey.NUM_EXAMPLES: 1.0, MetricKey.SITE_INDEX: float(self.site_index)}
 
-    def _trained_round(self, phase: Phase) -> int:
-        path = self._path("progress", phase).with_suffix(".json")
-        return int(json.loads(path.read_text())["round"]) if path.is_file() else 0
-
-    def _objects(self, phase: Phase) -> _PhaseObjects:
+    def _objects(self, phase: Phase, before: int | None = None) -> _PhaseObjects:
+        """The phase's learner, trainer and loaders in the state of its newest snapshot before round
+        ``before`` (any round if None). The in-process cache is used only if it holds that state."""
+        base = self.snapshots.latest(phase.name, before)
         objects = self._phases.get(phase.name)
-        # A simulation may serve one site from several worker processes: the cache is only good
-        # if no other process trained this site since (the state directory says).
-        if objects is not None and objects.trained_round == self._trained_round(phase):
+        if objects is not None and objects.trained_round == base:
             return objects
         from fedecho.engine.build import build_pretrain_learner, build_task_learner
         from fedecho.engine.loaders import pretrain_loader, task_loaders
@@ -158,12 +170,14 @@ class SiteRuntime:
             train_loader = pretrain_loader(self.cfg, self.site, learner.method, seed=seed)
             eval_loaders: dict[str, Any] = {}
         else:
-            encoder = self._load(self._path("encoder", Phase(f"adapt:{phase.task}", "adapt", phase.task)))
-            if encoder is None:
+            adapt = Phase(f"adapt:{phase.task}", "adapt", phase.task)
+            path = self._encoder_path(adapt)
+            if not path.is_file():
                 raise RuntimeError(
                     f"site {self.site_index} has no encoder for {phase.name}: the coordinator hands it out at "
                     f"the start of the adapt phase (this site was not connected then)"
                 )
+            encoder = torch.load(path, map_location="cpu", weights_only=True)
             learner = build_task_learner(self.cfg, phase.task, encoder_state=encoder)
             loaders = task_loaders(self.cfg, self.labelled, learner.task, seed=seed)
             train_loader = loaders.get("train")
@@ -172,73 +186,72 @@ class SiteRuntime:
         train_cfg = dataclasses.replace(self.cfg.train, lr=phase.lr, progress=False)
         trainer = Trainer(learner, train_cfg, total_steps=max(1, phase.rounds * local_steps),
                           device=resolve_device(self.cfg.train.device))
-        state = self._load(self._path("trainer", phase))
-        local = self._load(self._path("local", phase))
-        if local:
-            learner.load_state_dict(local, strict=False)
+        base_skipped = len(getattr(train_loader.dataset, "skipped", []))
         privacy = None
         if self.cfg.federation.privacy.mode == "sample":
-            self._privacy = None  # (re)building: the accountant's truth is the state directory
-            privacy = self._site_privacy()
+            from fedecho.privacy import SitePrivacy
+
+            privacy = SitePrivacy(self.cfg.federation.privacy, self._accountant_state(phase, base), secret=self.secret)
             per_sample = getattr(getattr(learner, "method", None), "per_sample_loss", True)
             train_loader = privacy.attach(trainer, train_loader, per_sample_loss=per_sample, what=phase.name)
-        if state:
-            trainer.load_state_dict(state)
-        objects = _PhaseObjects(learner, trainer, train_loader, eval_loaders, privacy, self._trained_round(phase))
+            trainer.private_state = privacy
+        if base:
+            trainer.load_site_state_dict(self.snapshots.load(phase.name, base))
+        objects = _PhaseObjects(learner, trainer, train_loader, eval_loaders, privacy, base, base_skipped)
         self._phases = {phase.name: objects}  # one phase at a time in memory
         return objects
 
-    def _site_privacy(self):
-        if self._privacy is None:
-            from fedecho.privacy import SitePrivacy
-
-            path = self.state_dir / "privacy.json"
-            state = json.loads(path.read_text()) if path.is_file() else None
-            self._privacy = SitePrivacy(self.cfg.federation.privacy, state)
-        return self._privacy
-
     def train(self, phase: Phase, round_: int, arrays: Mapping[str, Tensor],
               proximal_mu: float = 0.0) -> tuple[dict[str, Tensor], dict[str, float]]:
+        """Train round ``round_`` from the site's state after the round before (its snapshot), save
+        the new state as one atomic snapshot, and only then return the update."""
         start, cpu_start = time.perf_counter(), time.process_time()
-        objects = self._objects(phase)
-        learner, trainer, loader = objects.learner, objects.trainer, objects.train_loader
+        objects = self._objects(phase, before=round_)
+        learner, trainer, loader, privacy = objects.learner, objects.trainer, objects.train_loader, objects.privacy
         learner.load_shared_state_dict(arrays)
-        metrics: dict[str, float] = {"site-index": float(self.site_index)}
+        metrics: dict[str, float] = {MetricKey.SITE_INDEX: float(self.site_index)}
         dataset = loader.dataset
         per_round = phase.local_steps or len(loader) * phase.local_epochs
-        if objects.privacy is not None:
-            if not objects.privacy.budget_allows(per_round, objects.privacy.sample_rate):
+        if privacy is not None:
+            allowed, _why = privacy.budget_allows(per_round, privacy.sample_rate)
+            if not allowed:  # the reason is logged at the site; the coordinator sees the flag only
                 metrics.update({MetricKey.NUM_EXAMPLES: 0.0, MetricKey.BUDGET_SPENT: 1.0,
-                                MetricKey.EPSILON: objects.privacy.epsilon(),
-                                MetricKey.DELTA: self.cfg.federation.privacy.delta})
+                                **self._privacy_metrics(privacy)})
                 return learner.shared_state_dict(), metrics
         trainer.set_proximal_anchor(proximal_mu)
+        skipped_before = len(getattr(dataset, "skipped", []))
         losses = []
         for epoch in range(phase.local_epochs):
-            # Every draw of a round (shuffle, augmentation, dropout, DP noise) depends only on
-            # (seed, site, phase, round, epoch): a resumed run repeats an uninterrupted one.
+            # Public randomness (augmentation, dropout, non-private shuffling) depends on (seed,
+            # site, phase, round, epoch); DP noise and Poisson sampling on the site's secret too.
             step_seed = _seed(self.cfg.train.seed, self.site_index, phase.name, round_, epoch)
             torch.manual_seed(step_seed)
-            _reseed(loader, step_seed)
+            if privacy is not None:
+                privacy.reseed(phase.name, round_, epoch, trainer.global_step)
+            else:
+                _reseed(loader, step_seed)
             if hasattr(dataset, "set_epoch"):
                 dataset.set_epoch(round_ * phase.local_epochs + epoch)
             result = trainer.train_epoch(loader, max_steps=phase.local_steps or None)
             losses.append(result.loss)
             if phase.local_steps:
                 break
-        self._save(self._path("trainer", phase), trainer.state_dict())
-        self._save(self._path("local", phase), self._local_state(learner))
-        self._path("progress", phase).with_suffix(".json").write_text(json.dumps({"round": round_}))
+        self.snapshots.save(phase.name, round_, trainer.site_state_dict())
         objects.trained_round = round_
+        skipped = len(getattr(dataset, "skipped", [])) - skipped_before
         metrics.update({MetricKey.NUM_EXAMPLES: float(len(dataset)), MetricKey.LOSS: float(sum(losses) / len(losses)),
                         MetricKey.SECONDS: time.perf_counter() - start,
                         MetricKey.CPU_SECONDS: time.process_time() - cpu_start,
-                        MetricKey.SKIPPED: float(len(getattr(dataset, "skipped", [])) + len(self.site.issues))})
-        if objects.privacy is not None:
-            (self.state_dir / "privacy.json").write_text(json.dumps(objects.privacy.state_dict()))
-            metrics.update({MetricKey.EPSILON: objects.privacy.epsilon(),
-                            MetricKey.DELTA: self.cfg.federation.privacy.delta, MetricKey.BUDGET_SPENT: 0.0})
+                        MetricKey.SKIPPED: float(len(self.site.issues) + objects.base_skipped + skipped)})
+        if privacy is not None:
+            metrics.update({**self._privacy_metrics(privacy), MetricKey.BUDGET_SPENT: 0.0})
         return learner.shared_state_dict(), metrics
+
+    def _privacy_metrics(self, privacy: Any) -> dict[str, float]:
+        """ε in the configured unit and per example, δ: always finite (the budget check stops a site
+        before its patient-level ε becomes unbounded)."""
+        return {MetricKey.EPSILON: privacy.epsilon(), MetricKey.EPSILON_EXAMPLE: privacy.epsilon_example(),
+                MetricKey.DELTA: self.cfg.federation.privacy.delta}
 
     @torch.no_grad()
     def evaluate(self, phase: Phase, arrays: Mapping[str, Tensor], split: str = "val") -> dict[str, float]:
@@ -246,7 +259,7 @@ class SiteRuntime:
                                 Phase(f"adapt:{phase.task}", "adapt", phase.task, rounds=1))
         learner = objects.learner
         learner.load_shared_state_dict(arrays)
-        metrics: dict[str, float] = {"site-index": float(self.site_index)}
+        metrics: dict[str, float] = {MetricKey.SITE_INDEX: float(self.site_index)}
         if phase.kind == "pretrain":
             # Self-supervised phases have no labelled metric; their progress is the training loss
             # (reported with every update). Evaluating a loss here would move DINO's centre.

@@ -13,7 +13,11 @@ unsafe for FedEcho:
 - **A zero-norm update is fine** (Flower's clipping divides by the norm: an unchanged model raised
   ``ZeroDivisionError``).
 - **Noise is calibrated to the updates actually aggregated**, not to the number sampled: a rejected
-  site makes the noise larger, never the guarantee weaker.
+  site makes the noise larger, never the guarantee weaker. The release is the Gaussian mechanism on
+  the sum of clipped updates (sensitivity ``C`` when one site is added or removed), divided by
+  ``n``; ``n`` — which sites replied — is treated as public, as the coordinator sees it. Updates
+  are never rejected by their norm under site-level DP (the config refuses ``max_update_norm``):
+  that would choose participants by their data.
 - **Noise enters before a server optimiser.** The same noise vector is added to every clipped reply,
   so the inner strategy's (uniform) mean is ``mean + noise``; FedAdam / FedYogi / FedAvgM then
   post-process a privatised mean. (Robust aggregators — median, trimmed mean, Krum — have another

@@ -115,12 +115,12 @@ def handle(kind: str, message: Message, context: Context, run_config: dict,
     where = _state_root(node) if deployed else None
     received = False
     try:
-        phase, round_, _ = _header(message)
+        phase, round_, config = _header(message)
         entry.update(phase=phase.name, round=round_)
         if deployed:
             from fedecho.deploy.gate import admit
 
-            admitted = admit(dict(context.run_config), node, phase, round_, verdict)
+            admitted = admit(dict(context.run_config), node, phase, round_, verdict, config)
         else:
             admitted = _simulated(context, {**run_config, **dict(context.run_config)})
             where = admitted.state_dir

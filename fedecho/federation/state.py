@@ -110,7 +110,8 @@ def decode_strategy_state(arrays: dict[str, np.ndarray], described: list[dict[st
             elif kind == "array":
                 values[name] = get(spec["array"])
             elif kind == "arrayrecord":
-                values[name] = ArrayRecord({k: Array(get(a)) for k, a in zip(spec["keys"], spec["arrays"], strict=True)})
+                pairs = zip(spec["keys"], spec["arrays"], strict=True)
+                values[name] = ArrayRecord({k: Array(get(a)) for k, a in pairs})
             elif kind == "dict":
                 values[name] = {k: get(a) for k, a in zip(spec["keys"], spec["arrays"], strict=True)}
             elif kind == "list":

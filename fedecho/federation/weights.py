@@ -4,8 +4,8 @@ A site reports ``num-examples`` with its update, and FedAvg-style strategies wei
 that reports 1e9 would otherwise *be* the global model, whatever bound its update's norm respects,
 and ``inf``/``NaN`` would turn the aggregate into NaN. So:
 
-1. ``num-examples`` must be a finite, positive integer (an integral float such as ``120.0`` is
-   accepted, as sites send floats); anything else rejects that site's reply (:func:`parse_num_examples`).
+1. ``num-examples`` must be a positive integer of at most 2**53 (an integral float such as ``120.0``
+   is accepted, as sites send floats); anything else rejects that site's reply (:func:`parse_num_examples`).
 2. Weighting is ``examples`` (by the reported count) or ``uniform`` (every site counts once).
    ``auto`` means ``examples``, or ``uniform`` where the aggregation requires it: site-level DP
    calibrates its noise for a uniform mean (fedecho.federation.site_dp).
@@ -28,6 +28,10 @@ from fedecho.config.federation import WEIGHTING_MODES, FederationConfig
 
 __all__ = ["WEIGHTING_MODES", "WeightDecision", "WeightPolicy", "bound_weights", "parse_num_examples"]
 
+#: The largest count a float holds exactly; a larger claim is no count of examples.
+_MAX_COUNT = 2**53
+
+
 def parse_num_examples(value: object) -> int:
     """A site's reported ``num-examples`` as a positive int; ValueError saying what is wrong otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -38,6 +42,8 @@ def parse_num_examples(value: object) -> int:
         raise ValueError(f"num-examples is {value:g}, not a whole number of examples")
     if value <= 0:
         raise ValueError(f"num-examples is {value:g} (the site must have trained on at least one example)")
+    if value > _MAX_COUNT:
+        raise ValueError(f"num-examples is {value:g}, beyond 2**53 (no exact count; sums of such weights overflow)")
     return int(value)
 
 
@@ -62,8 +68,9 @@ class WeightPolicy:
         if weighting not in WEIGHTING_MODES:
             raise ValueError(f"federation.weighting {weighting!r} is unknown; valid: {', '.join(WEIGHTING_MODES)}")
         if site_dp and weighting == "examples":
-            raise ValueError("federation.weighting=examples cannot be used with federation.privacy.mode=site: site-level DP "
-                             "calibrates its noise for a uniform mean; set federation.weighting=auto or uniform")
+            raise ValueError("federation.weighting=examples cannot be used with federation.privacy.mode=site: "
+                             "site-level DP calibrates its noise for a uniform mean; set federation.weighting=auto "
+                             "or uniform")
         mode = "uniform" if weighting == "uniform" or (weighting == "auto" and site_dp) else "examples"
         return cls(mode=mode, max_weight_ratio=max_weight_ratio)
 

@@ -16,6 +16,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from fedecho.federation.contract import MetricKey
 from fedecho.federation.history import RoundRecord
 from fedecho.report.figure import color_cycle, new_figure
 
@@ -31,7 +32,7 @@ __all__ = [
 
 GLOBAL = "global"
 CENTRAL = "central"
-_TRAIN_LOSS = "train-loss"
+_TRAIN_LOSS = MetricKey.LOSS
 
 
 def curve_series(
@@ -102,8 +103,8 @@ def epsilon_series(records: Sequence[RoundRecord]) -> dict[str, tuple[np.ndarray
     points: dict[str, list[tuple[int, float]]] = {}
     for step, record in enumerate(records, start=1):
         for site, metrics in record.sites_train.items():
-            if "epsilon" in metrics and math.isfinite(float(metrics["epsilon"])):
-                points.setdefault(site, []).append((step, float(metrics["epsilon"])))
+            if MetricKey.EPSILON in metrics and math.isfinite(float(metrics[MetricKey.EPSILON])):
+                points.setdefault(site, []).append((step, float(metrics[MetricKey.EPSILON])))
     return {site: (np.array([s for s, _ in v]), np.array([e for _, e in v])) for site, v in points.items()}
 
 
@@ -115,7 +116,7 @@ def plot_epsilon(records: Sequence[RoundRecord]) -> Figure:
     series = epsilon_series(records)
     if not series:
         raise ValueError("no site reported 'epsilon': DP-SGD was off in this run")
-    deltas = {float(m["delta"]) for r in records for m in r.sites_train.values() if "delta" in m}
+    deltas = {float(m[MetricKey.DELTA]) for r in records for m in r.sites_train.values() if MetricKey.DELTA in m}
     colors = color_cycle(list(series))
     fig, (ax,) = new_figure(panel_size=(7.0, 4.0))
     for site, (steps, eps) in series.items():

@@ -13,6 +13,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from fedecho.federation.contract import MetricKey
 from fedecho.federation.history import RoundRecord
 from fedecho.report.curves import (
     CENTRAL,
@@ -71,7 +72,7 @@ def write_report(run_dir: str | Path, *, seed: int = 0) -> Path:
     for phase, phase_records in group_phases(records).items():
         _phase_section(doc, phase, phase_records)
     if epsilon_series(records):
-        _privacy_section(doc, records)
+        _privacy_section(doc, records, _privacy_unit(run_dir))
     if records:
         _communication_section(doc, records)
     if predictions:
@@ -140,7 +141,7 @@ def _phase_section(doc: Document, phase: str, records: Sequence[RoundRecord]) ->
         + (f"; primary evaluation metric `{metric}`." if metric else "; no evaluation metrics recorded.")
     )
     _metrics_table(doc, records, "evaluate", metric)
-    _metrics_table(doc, records, "train", "train-loss")
+    _metrics_table(doc, records, "train", MetricKey.LOSS)
     try:
         fig = plot_learning_curves(phase, records, metric)
     except ValueError as err:  # neither a training loss nor an evaluation metric: nothing to draw
@@ -154,18 +155,32 @@ def _phase_section(doc: Document, phase: str, records: Sequence[RoundRecord]) ->
         doc.table(["round", "site", "reason"], rejected)
 
 
-def _privacy_section(doc: Document, records: Sequence[RoundRecord]) -> None:
+def _privacy_unit(run_dir: Path) -> str:
+    """``federation.privacy.unit`` from the run's ``config.json``; runs from before that setting
+    counted ε per example."""
+    import json
+
+    try:
+        config = json.loads((run_dir / "config.json").read_text())
+        return str(config["federation"]["privacy"].get("unit", "example"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return "unknown (no readable config.json)"
+
+
+def _privacy_section(doc: Document, records: Sequence[RoundRecord], unit: str) -> None:
     doc.heading(2, "Privacy (DP-SGD)")
     last: dict[str, dict[str, float]] = {}
     for record in records:
         for site, metrics in record.sites_train.items():
-            if "epsilon" in metrics:
+            if MetricKey.EPSILON in metrics:
                 last[site] = {**metrics, "round": record.round, "phase": record.phase}
-    rows = [[site, m["phase"], m["round"], m["epsilon"], m.get("delta", float("nan")),
-             "yes" if m.get("budget-spent", 0) else "no"] for site, m in last.items()]
-    doc.paragraph("Last ε reported by each site (the accountant composes over all rounds and phases):")
-    doc.table(["site", "phase", "round", "ε", "δ", "budget spent"], rows)
-    doc.figure(plot_epsilon(records), "epsilon", "Privacy budget ε spent per site over the run's rounds.")
+    rows = [[site, m["phase"], m["round"], m[MetricKey.EPSILON], m.get(MetricKey.EPSILON_EXAMPLE, float("nan")),
+             m.get(MetricKey.DELTA, float("nan")), "yes" if m.get(MetricKey.BUDGET_SPENT, 0) else "no"]
+            for site, m in last.items()]
+    doc.paragraph(f"ε is per **{unit}** (`federation.privacy.unit`); ε per example is shown beside it. "
+                  "Last values reported by each site (the accountant composes over all rounds and phases):")
+    doc.table(["site", "phase", "round", f"ε ({unit})", "ε (example)", "δ", "budget spent"], rows)
+    doc.figure(plot_epsilon(records), "epsilon", f"Privacy budget ε per {unit} spent per site over the run's rounds.")
 
 
 def _communication_section(doc: Document, records: Sequence[RoundRecord]) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fedecho.data.errors import EchoDataError
+from fedecho.federation.contract import MetricKey
 from fedecho.federation.history import RoundRecord
 
 __all__ = [
@@ -136,7 +137,7 @@ def primary_metric(phase: str, records: Sequence[RoundRecord]) -> str | None:
     for record in records:
         for metrics in (record.evaluate, record.central, *record.sites_evaluate.values()):
             names.update({key: None for key, value in metrics.items() if not math.isnan(float(value))})
-    names.pop("num-examples", None)
+    names.pop(MetricKey.NUM_EXAMPLES, None)
     if not names:
         return None
     task = phase.split(":", 1)[1] if ":" in phase else ""

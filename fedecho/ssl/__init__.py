@@ -3,10 +3,10 @@
 One idea per module: :mod:`~fedecho.ssl.ntxent` (NT-Xent), :mod:`~fedecho.ssl.heads` (SimCLR
 projection and DINO heads), :mod:`~fedecho.ssl.frame_order` (24-permutation reordering task),
 :mod:`~fedecho.ssl.dino` (DINO loss with centring), :mod:`~fedecho.ssl.ema` (EMA teacher),
-:mod:`~fedecho.ssl.views` (method inputs from decoded samples) and
+:mod:`~fedecho.ssl.views` (method inputs from decoded samples),
 :mod:`~fedecho.ssl.methods` (``SSL_METHODS``: simclr, multi_instance, echoclr, dino) and
-:mod:`~fedecho.ssl.dinov2` (dinov2; its losses in :mod:`~fedecho.ssl.dinov2_losses`, masking in
-:mod:`~fedecho.ssl.dinov2_masking`).
+:mod:`~fedecho.ssl.dinov2` (dinov2, registered there; its losses in
+:mod:`~fedecho.ssl.dinov2_losses`, its masking in :mod:`~fedecho.ssl.dinov2_masking`).
 """
 
 from fedecho.ssl.dino import DINOLoss, teacher_temperature

@@ -23,9 +23,11 @@ Batches (``make_views`` per item, then ``collate``), B items, C = 1 channel:
 
 Federation: :meth:`PretrainMethod.shared_parameter_names` are the trainable parameters of the
 student side (encoder + SSL heads; with LoRA injected into the encoder, only its adapters since
-the base weights are frozen). Everything else in ``state_dict()`` is site-private
-(:meth:`local_state_dict`): the DINO teacher, centre and step, and the student's buffers
-(e.g. BatchNorm statistics, kept local as in FedBN).
+the base weights are frozen). What a site actually sends is decided by
+:class:`fedecho.engine.learners.PretrainLearner` alone: these parameters *and* the buffers of the
+same modules (BatchNorm running statistics travel with their weights; they are not kept local).
+:meth:`PretrainMethod.local_state_dict` is the complement of the shared *parameters* (teacher,
+centre, step, buffers) for single-site use; federation does not call it.
 """
 
 from __future__ import annotations

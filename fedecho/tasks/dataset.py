@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from fedecho.data.base import EchoReader, OnError
 from fedecho.data.errors import EchoDataError
@@ -40,7 +40,7 @@ from fedecho.data.schema import DataIssue, ItemRecord, Sample
 from fedecho.tasks.base import Task
 from fedecho.tasks.frames import keep_uint8
 
-__all__ = ["TaskDataset", "collate_examples", "concat_batches", "is_empty_batch"]
+__all__ = ["EpochSampler", "TaskDataset", "collate_examples", "concat_batches", "is_empty_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,9 @@ class TaskDataset(Dataset):
             np.random.default_rng([self.seed, self.epoch, index, 1]),
         )
 
-    def __getitem__(self, index: int) -> dict[str, Any] | None:
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any] | None:
+        if isinstance(index, tuple):  # (epoch, index) from an EpochSampler: persistent workers
+            self.epoch, index = int(index[0]), int(index[1])
         record_index, key = self.examples[index]
         example_rng, transform_rng = self.generators(index)
         try:
@@ -174,13 +176,31 @@ class TaskDataset(Dataset):
             log.warning("task %s: skipping %s", self.task.name, issue)
 
 
+class EpochSampler(Sampler):
+    """Yields ``(dataset.epoch, index)`` for each index of ``sampler``, read when an epoch starts in
+    the main process, so that persistent DataLoader workers (which hold their own copy of the
+    dataset) see :meth:`TaskDataset.set_epoch` too and draw new clips and augmentations."""
+
+    def __init__(self, sampler: Sampler, dataset: Any) -> None:
+        self.sampler = sampler
+        self.dataset = dataset
+
+    def __iter__(self):
+        epoch = int(self.dataset.epoch)
+        return ((epoch, int(i)) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
 def _to_tensors(example: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in example.items():
         if isinstance(value, Tensor | str):
             out[key] = value
         elif isinstance(value, np.ndarray):
-            out[key] = torch.from_numpy(np.ascontiguousarray(value))
+            # a read-only view (of the decoded cache's memory map) is copied: tensors are writable
+            out[key] = torch.from_numpy(np.ascontiguousarray(value) if value.flags.writeable else np.array(value))
         elif isinstance(value, bool | int | np.integer):
             out[key] = torch.tensor(int(value), dtype=torch.int64)
         elif isinstance(value, float | np.floating):

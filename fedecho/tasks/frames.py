@@ -87,6 +87,8 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize an integer label map (H, W) to ``size`` by nearest neighbour (labels never blend)."""
     h, w = mask.shape
+    if (h, w) == tuple(size):  # the identity (e.g. read from the decoded cache at this size)
+        return np.ascontiguousarray(mask, dtype=np.int64)
     rows = np.minimum(((np.arange(size[0]) + 0.5) * h / size[0]).astype(np.int64), h - 1)
     cols = np.minimum(((np.arange(size[1]) + 0.5) * w / size[1]).astype(np.int64), w - 1)
     return np.ascontiguousarray(mask[rows[:, None], cols[None, :]]).astype(np.int64)

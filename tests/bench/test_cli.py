@@ -1,8 +1,11 @@
-"""``fedecho bench``: --list, an unknown name, and one quick end-to-end run of two cheap benchmarks."""
+"""``fedecho bench``: --list, an unknown name, one quick end-to-end run of two cheap benchmarks, and the
+quick pipeline-gpu rows."""
 
 from __future__ import annotations
 
 import json
+
+import pytest
 
 from fedecho.cli.main import main
 
@@ -10,9 +13,9 @@ from fedecho.cli.main import main
 def test_list_names_every_benchmark_with_its_goal(capsys):
     assert main(["bench", "--list"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in out] == ["ratio", "bytes", "engine", "pipeline", "dp", "scale",
+    assert [line.split()[0] for line in out] == ["ratio", "bytes", "engine", "pipeline", "pipeline-gpu", "dp", "scale",
                                                  "aggregate", "deploy-round", "ssl-gpu"]
-    assert "(goal wall ratio ≤ 1.10)" in out[0] and "(goal < 1 s)" in out[6]
+    assert "(goal wall ratio ≤ 1.10)" in out[0] and "(goal < 1 s)" in out[7]
 
 
 def test_unknown_name_fails_before_running(capsys, tmp_path):
@@ -45,3 +48,21 @@ def test_quick_bytes_and_engine_write_json_and_markdown(tmp_path, capsys):
     md = md_files[0].read_text()
     assert "## bytes:" in md and "## engine:" in md and "| resnet18 |" in md
     assert "machine:" in md and ("no GPU" in md or "GiB)" in md)
+
+
+def test_quick_pipeline_gpu_reports_cold_cached_before_and_gpu_rates(tmp_path):
+    from fedecho.bench.common import BenchOptions
+    from fedecho.bench.pipeline_gpu import run
+
+    rows = run(BenchOptions(quick=True, reps=1))
+    rates = [r for r in rows if r.case.endswith("cached loader")]
+    assert [r.unit for r in rates] == ["clips/s", "frames/s"]
+    assert [str(r.goal) for r in rates] == ["≥ 500", "≥ 2000"]
+    for row in rates:
+        d = row.details
+        assert d["cold_first_epoch"] > 0 and d["before_no_cache_cpu_augmentation_workers_0"] > 0
+        assert d["gpu_rate"] > 0 and d["training_gflop_per_sample"] > 0 and "TFLOP/s" in d["gpu_rate_from"]
+        assert d["coverage_cached_over_gpu"] == pytest.approx(row.summary.median / d["gpu_rate"], rel=1e-2)
+        assert {"before: decode", "after: cache read", "after: batched augmentation (this CPU)"} <= set(
+            d["profile_ms_per_sample"]) and d["profile_ms_per_sample"].keys() == d["profile_cpu_ms_per_sample"].keys()
+        assert d["cpu_bound_rate_on_idle_cores"]["after"] > 0

@@ -107,9 +107,9 @@ def test_ssl_gpu_benchmark_reports_skip_without_cuda(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     rows = run(BenchOptions(quick=True))
-    assert len(rows) == 4
+    assert len(rows) == 6
     assert {r.status for r in rows} == {"skipped"} and {r.note for r in rows} == {NO_CUDA}
-    assert {r.case for r in rows} == {"vit-s16 dino", "resnet18 simclr"}
+    assert {r.case for r in rows} == {"vit-s16 dino", "vit-s16 dinov2", "resnet18 simclr"}
 
 
 def test_federated_breakdown_hand_history():

@@ -151,3 +151,25 @@ def test_cache_clear_removes_only_cache_entries(echonet, tmp_path, capsys):
     again = DecodedCache(reader, folder, SIZE)
     again.load(_records(reader)[0])
     assert again.misses == 1  # rebuilt on the next pass
+
+
+def test_persistent_workers_see_each_new_epoch(echonet, tmp_path):
+    from fedecho.engine.data import make_loader
+
+    reader = DecodedCache(open_reader("echonet-dynamic", echonet), tmp_path / "cache", SIZE)
+    records = _records(reader)
+    task = build_task(TaskConfig(name="ef", image_size=SIZE, clip_length=4))
+
+    def epochs(workers: int) -> list[torch.Tensor]:
+        dataset = TaskDataset(reader, records, task, seed=5)
+        loader = make_loader(dataset, batch_size=4, shuffle=False, seed=0, collate=collate_examples,
+                             num_workers=workers)
+        out = []
+        for epoch in (1, 2):
+            dataset.set_epoch(epoch)
+            out.append(torch.cat([b["clip"] for b in loader]))
+        return out
+
+    serial, persistent = epochs(0), epochs(1)
+    assert all(torch.equal(a, b) for a, b in zip(serial, persistent, strict=True))  # the same draws per epoch
+    assert not torch.equal(persistent[0], persistent[1])  # epoch 2 draws new clips in the worker

@@ -21,6 +21,7 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 
 from fedecho.deploy.certs import make_ca, make_server_cert, make_site_keys, split_hosts
 from fedecho.deploy.federation import Federation, init_federation, load_bundle
+from fedecho.deploy.policy import load_policy
 from fedecho.deploy.sites import add_site, init_site
 
 
@@ -152,6 +153,7 @@ def test_sites_make_their_keys_and_bundles_hold_no_private_material(tmp_path):
             (folders[site] / path.name).write_bytes(path.read_bytes())
         bundle = load_bundle(folders[site])
         assert (bundle.name, bundle.index, bundle.superlink) == (site, index, "coord.example:9100")
+        assert load_policy(folders[site]).experiments  # the template's policy is the site gate's default
         assert bundle.private_key == folders[site] / "site.key" and bundle.run_signing_key.name == "run_signing.pub"
         assert stat.S_IMODE(bundle.private_key.stat().st_mode) == 0o600
     # the coordinator never held a site's private key: nothing in its folder is one, except its own

@@ -140,7 +140,10 @@ def test_full_run_over_tls_with_authenticated_sites(federation, sites, tmp_path)
     assert submission["experiment"] == "federated" and len(submission["run_ids"]) == 1
     # each site kept its private state in its own folder, one per run
     for site in SITES:
-        assert list((tmp_path / "sites" / site).glob("run-*/trainer_adapt_view.pt"))
+        assert list((tmp_path / "sites" / site).glob("run-*/rounds/adapt_view/r*.pt"))
+        # every message carried the coordinator's signature, verified at the site with its run_signing.pub
+        audit = [json.loads(line) for line in (tmp_path / "sites" / site / "audit.jsonl").read_text().splitlines()]
+        assert audit and {(e["signature"], e["policy"]) for e in audit} == {("valid", "allowed")}, audit[:2]
     print(f"2-round deployment run: {seconds:.1f} s")
 
 
@@ -213,7 +216,7 @@ def test_site_killed_mid_round_fails_clearly_when_min_sites_needs_it(federation,
 def test_site_killed_mid_round_run_completes_with_the_remaining_site(federation, sites, tmp_path):
     run_dir = tmp_path / "run"
     with _submit(federation, run_dir, "federation.adapt.rounds=1", "federation.strategy.min_sites=1",
-                 "federation.strategy.round_timeout=40", "federation.strategy.fraction_evaluate=0") as run:
+                 "federation.strategy.round_timeout=120", "federation.strategy.fraction_evaluate=0") as run:
         _kill_site_after_setup(run_dir, sites["B"], run)
         assert run.wait(timeout=RUN_TIMEOUT) == 0, run.tail()
     history = _history(run_dir)

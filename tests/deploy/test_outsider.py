@@ -222,3 +222,16 @@ def test_gateway_latency_per_fleet_call(coordinator):
     direct = min(medians["direct"], medians["direct again"])
     print(f"\nauthenticated Fleet call (SendNodeHeartbeat), median of 200: direct {direct:.2f} ms, through the "
           f"gateway {medians['gateway']:.2f} ms, added {medians['gateway'] - direct:.2f} ms")
+
+
+def test_add_site_while_running_registers_the_key_at_once(coordinator, tmp_path, capsys):
+    from fedecho.cli import client as client_cli
+    from fedecho.cli import server as server_cli
+
+    fed, _, _ = coordinator
+    assert client_cli.main(["init", "--out", str(tmp_path / "site_B"), "--name", "B"]) == 0
+    assert server_cli.main(["add-site", "--dir", str(fed.root), "--name", "B", "--key",
+                            str(tmp_path / "site_B" / "site.pub")]) == 0
+    out = capsys.readouterr().out
+    assert "index 1" in out and "the running SuperLink has its key (registered)" in out
+    assert len(_coordinator_view(fed)[1]) == 2  # A online, B registered (not yet connected)

@@ -61,7 +61,8 @@ def site(tmp_path, coordinator_key, data_root):
 def _grant(overrides: list[str], run_dir: Path, **fields) -> RunGrant:
     return RunGrant(experiment=fields.pop("experiment", "federated"),
                     overrides=shlex.join([*overrides, f"federation.run_dir={run_dir}"]),
-                    app_id=fields.pop("app_id", gate.APP_ID), app_version=fields.pop("app_version", gate.installed_app()[1]),
+                    app_id=fields.pop("app_id", gate.APP_ID),
+                    app_version=fields.pop("app_version", gate.installed_app()[1]),
                     **fields)
 
 
@@ -132,6 +133,7 @@ def test_policy_parses_every_rule_and_the_template():
     ('[policy.data]\nsplit-fractions = [0.5, 0.5, 0.5]\n', ["split-fractions", "summing to 1"]),
     ('[policy.data]\nlabel-fraction = 0\n', ["label-fraction", "out of range"]),
     ('[policy\n', ["not valid TOML"]),
+    ('[data]\non-error = "raise"\n', ["['on-error'] in [data] are not read", "[policy.data]"]),
 ])
 def test_bad_policy_is_an_error_naming_the_file_and_key(tmp_path, text, words):
     _write_site(tmp_path, text)
@@ -234,6 +236,10 @@ def test_foreign_app_and_message_outside_the_plan_are_refused(site, coordinator_
 
     greedy = dataclasses.replace(phases["adapt:view"], local_epochs=50)  # not what the grant says
     _refusal(site, signed, gate.Code.MESSAGE, tmp_path, message=_message(greedy, "train", {}, round_=1))
+    for bad in ({"round_": 3}, {ConfigKey.PROXIMAL_MU: 5.0}, {"split": "train"}):  # 2 rounds, fedavg, val/test
+        Path(site[1]["state-dir"], "audit.jsonl").unlink()
+        _refusal(site, signed, gate.Code.MESSAGE, tmp_path, message=_message(phases["adapt:view"], "train", {},
+                                                                             **{"round_": 1, **bad}))
 
 
 def test_policy_refusals_name_the_rule_and_never_the_path(site, coordinator_key, tmp_path, no_data):
@@ -369,3 +375,34 @@ def test_simulated_site_errors_are_coded_too(tmp_path):
     state = tmp_path / "sim" / "sites" / "site_0"
     assert "missing" in (state / "site.log").read_text()
     assert [e["event"] for e in read_audit(state)] == ["received", "sent"] * 2
+
+
+def test_id_fallback_reaches_the_dicom_reader(tmp_path):
+    """[policy.data] id-fallback -> data.id_fallback -> the DICOM reader (other formats refuse it)."""
+    from fedecho.config.data import DataConfig
+    from fedecho.data.base import open_reader
+
+    assert open_reader("dicom", tmp_path, on_error="skip", id_fallback=True).id_fallback is True
+    assert open_reader("dicom", tmp_path, on_error="skip").id_fallback is False
+    with pytest.raises(ValueError, match="DICOM folders only"):
+        open_reader("camus", tmp_path, id_fallback=True)
+    with pytest.raises(ValueError, match="data.format=dicom only"):
+        DataConfig(format="camus", root=str(tmp_path), id_fallback=True)
+    assert DataConfig(format="dicom", root=str(tmp_path), id_fallback=True).id_fallback
+
+
+def test_a_failing_mod_is_coded_and_audited_like_the_site_work(tmp_path):
+    """Mods run inside the site's handling: their exceptions leave as generic coded errors too."""
+    def leaky(message, context, call_next):
+        raise RuntimeError(f"cannot open {tmp_path}/patient0042_4CH_ED.nii.gz")
+
+    cfg, phases = _adapt_phase(TINY)
+    run_config = {"experiment": "federated", "overrides": shlex.join([*TINY, f"federation.run_dir={tmp_path / 'sim'}"])}
+    context = Context(run_id=7, node_id=1, node_config={"partition-id": 0, "num-partitions": 2}, state=RecordDict(),
+                      run_config={})
+    reply = build_app(run_config, mods=[leaky])(_message(phases["adapt:view"], "train", {}, round_=1), context)
+    assert reply.has_error() and reply.error.code == gate.Code.INTERNAL
+    assert reply.error.reason == "site error 4000: internal error at the site"
+    state = tmp_path / "sim" / "sites" / "site_0"
+    assert "patient0042" in (state / "site.log").read_text()
+    assert "patient0042" not in (state / "audit.jsonl").read_text()

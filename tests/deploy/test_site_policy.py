@@ -1,7 +1,8 @@
 """The site gate with real processes: a SuperLink (``fedecho-server start``, TLS + SuperNode
-authentication) and three SuperNodes on 127.0.0.1, each with its own site folder (site.toml with a
-policy, the coordinator's run_signing.pub) and its own data. Runs are submitted with ``flwr run``
-and a run config signed here (fedecho.deploy.signing), as ``fedecho-server run`` signs it.
+authentication) and three sites (``fedecho-client start``: SuperNode + warm site worker) on
+127.0.0.1, each with its own site folder (its keys, the bundle, site.toml with its policy) and its
+own data. Runs are submitted with ``flwr run`` and a run config signed here exactly as
+``fedecho-server run`` signs it (so that a wrong key can be used too).
 
 - a run signed with a wrong key is refused by every site before any data is read;
 - a correctly signed run: site A (allowed) completes it, site B's policy refuses it with the rule
@@ -25,6 +26,7 @@ from fedecho.deploy import gate
 from fedecho.deploy.audit import read_audit
 from fedecho.deploy.federation import Federation, init_federation
 from fedecho.deploy.process import ManagedProcess, executable, flower_env, free_port
+from fedecho.deploy.sites import add_site, init_site
 from fedecho.deploy.signing import RunGrant, generate_signing_keys, load_private_key, signed_run_config
 from fedecho.deploy.submit import deployment_overrides, project_dir
 from fedecho.deploy.superlink import CONNECTION
@@ -55,22 +57,29 @@ def _wait_for(predicate, timeout: float, what: str, process: ManagedProcess) -> 
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
-    """Federation folder, run-signing key, one site folder + data per site; C has a corrupt file."""
+    """Federation folder (with its run-signing key); each site makes its keys, gets its bundle and
+    writes its own policy into site.toml; site C's data has a corrupt file."""
     from fedecho.data.synthetic import synthesize
 
     root = tmp_path_factory.mktemp("gate")
-    fed = init_federation(root / "fed", list(SITES))
-    private, public = generate_signing_keys(root / "fed" / "signing")
+    fed = init_federation(root / "fed")
     for seed, site in enumerate(SITES):
-        bundle = fed.bundle(site)
-        (bundle / "run_signing.pub").write_bytes(public.read_bytes())
-        with open(bundle / "site.toml", "a") as handle:
-            handle.write("\n" + POLICIES[site])
+        folder = _folder(fed, site)
+        init_site(folder, site)
+        add_site(fed, site, folder / "site.pub")
+        for path in fed.bundle(site).iterdir():
+            (folder / path.name).write_bytes(path.read_bytes())
+        template = (folder / "site.toml").read_text()
+        (folder / "site.toml").write_text(template[:template.index("[policy]")] + POLICIES[site])
         synthesize("camus", root / f"data_{site}", patients=6, seed=seed + 1, style=f"site_{site.lower()}",
                    image_size=32)
     bad = sorted((root / "data_C").glob("database_nifti/patient*/*_4CH_ED.nii.gz"))[0]
     bad.write_bytes(b"this is not a NIfTI file")
-    return fed, load_private_key(private), bad
+    return fed, load_private_key(fed.signing_key), bad
+
+
+def _folder(fed: Federation, site: str) -> Path:
+    return fed.root.parent / f"site_{site}"
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +94,13 @@ def deployment(federation):
                                 env=flower_env(), log_path=fed.root / "superlink.log")
         started.append(server)
         _wait_for(lambda: "SuperLink ready" in server.tail(100_000), 120, "the SuperLink", server)
-        for index, site in enumerate(SITES):
-            started.append(_supernode(fed, site, index, f"127.0.0.1:{port}"))
+        for site in SITES:
+            started.append(ManagedProcess(
+                f"fedecho-client start ({site})",
+                [sys.executable, "-m", "fedecho.cli.client", "start", "--bundle", str(_folder(fed, site)),
+                 "--superlink", f"127.0.0.1:{port}", "--data", str(fed.root.parent / f"data_{site}"), "--format",
+                 "camus", "--port", str(free_port()), "--state-dir", str(_state(fed, site)), "--device", "cpu"],
+                env=flower_env(), log_path=fed.root.parent / f"{site}.log"))
         for process in started[1:]:
             _wait_for(lambda p=process: "SuperNode ID" in p.tail(100_000), 120, "the SuperNode", process)
         yield fed
@@ -95,22 +109,10 @@ def deployment(federation):
             process.stop()
 
 
-def _supernode(fed: Federation, site: str, index: int, superlink: str) -> ManagedProcess:
-    bundle = fed.bundle(site)
-    state = fed.root.parent / f"state_{site}"
-    node = {"bundle-dir": bundle, "site-index": index, "data-root": fed.root.parent / f"data_{site}",
-            "data-format": "camus", "state-dir": state, "device": "cpu"}
-    config = " ".join(f"{k}={v}" if isinstance(v, int) else f'{k}="{v}"' for k, v in node.items())
-    command = [executable("flower-supernode"), "--superlink", superlink, "--root-certificates",
-               str(bundle / "ca.pem"), "--auth-supernode-private-key", str(bundle / "supernode.key"),
-               "--port", str(free_port()), "--node-config", config]
-    return ManagedProcess(f"SuperNode {site}", command, env=flower_env(), log_path=state.parent / f"{site}.log")
-
-
 def _run(fed: Federation, key, run_dir: Path) -> subprocess.CompletedProcess:
     overrides = deployment_overrides(fed, TINY, run_dir)
     grant = RunGrant(experiment="federated", overrides=shlex.join(overrides), app_id=gate.APP_ID,
-                     app_version=gate.installed_app()[1])
+                     app_version=gate.installed_app()[1])  # as `fedecho-server run` signs it, with any key
     run_dir.mkdir(parents=True)
     config = run_dir / "submit.toml"
     config.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in signed_run_config(key, grant).items()))

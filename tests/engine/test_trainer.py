@@ -60,15 +60,19 @@ def test_training_reduces_loss_and_fits_the_closed_form_solution(tmp_path):
     assert result.best_epoch is not None and result.best_metric < 0.02
 
 
-def test_fedprox_term_matches_closed_form():
+def test_fedprox_gradient_matches_closed_form():
     learner = LinearRegression()
     cfg = TrainConfig(epochs=1, lr=0.1, optimizer="sgd", schedule="constant", weight_decay=0.0, progress=False)
     trainer = Trainer(learner, cfg, total_steps=10)
     trainer.set_proximal_anchor(0.5)
     with torch.no_grad():
-        learner.w.weight.add_(torch.tensor([[1.0, 2.0, 2.0]]))  # ||w - w_global||^2 = 9
+        learner.w.weight.add_(torch.tensor([[1.0, 2.0, 2.0]]))  # w - w_global = (1, 2, 2)
         learner.b.add_(100.0)  # local tensor: not in the proximal term
-    assert float(trainer._proximal_term().detach()) == pytest.approx(0.5 / 2 * 9)
+    for p in learner.parameters():
+        p.grad = torch.zeros_like(p)
+    trainer._add_proximal_gradient(trainer.optimizer, (), {})  # grad of mu/2 ||w - w_global||^2
+    assert torch.allclose(learner.w.weight.grad, 0.5 * torch.tensor([[1.0, 2.0, 2.0]]))
+    assert torch.equal(learner.b.grad, torch.zeros_like(learner.b))
     trainer.set_proximal_anchor(0.0)
     assert not trainer._anchor
 

@@ -125,3 +125,20 @@ def test_local_only_mean_worst_and_joint_interval(tmp_path):
     assert row["local_mean_text"] == f"{row['local_mean']:.3f} ({low:.3f}–{high:.3f})"
     assert low < row["local_mean"] < high
     assert "| local-only mean | local-only worst | federated | pooled |" in (tmp_path / "results.md").read_text()
+
+
+def test_clinical_section_when_arms_have_read_outs(tmp_path):
+    from fedecho.report.clinical import QUANTITIES, write_clinical
+
+    exp = load_experiment("camus_lv_seg")
+    rng = np.random.default_rng(1)
+    results = {}
+    for name in ("pooled", "fedavg-intensity"):
+        run = fake_run(tmp_path / name, "lv_seg", {"dice/lv_cavity": 0.9})
+        ref = {q: rng.uniform(30, 90, 12) for q in QUANTITIES}
+        write_clinical(run / "clinical.npz", [f"p{i}" for i in range(12)], ["A4C"] * 12, {q: v + 2.0 for q, v in ref.items()}, ref)
+        results[name] = collect_arm(exp, name, run)
+    write_results(exp, "full", tmp_path, results)
+    text = (tmp_path / "results.md").read_text()
+    assert "## Clinical read-outs" in text and "| fedavg-intensity | EF (%) | 12 | 2.00 | +2.00 |" in text
+    assert (tmp_path / "bland_altman_ef.png").stat().st_size > 5000

@@ -1,8 +1,9 @@
 """Every reproduction experiment at ``smoke`` size (synthetic data in the dataset's own format, tiny
 models, one round), through the command researchers run: ``fedecho simulate NAME --size smoke``.
-CI runs the pooled arm and the first federated arm of each (all arms are checked to compose in
-test_spec.py); the result row, each arm's report and, for label-fraction experiments, the curves
-must exist."""
+CI runs the pooled arm, the first federated arm and its sites' local-only arms of each (all arms
+are checked to compose in test_spec.py); the result row (with the local-only mean and worst site),
+each arm's report, for lv_seg experiments the clinical read-outs, and for label-fraction
+experiments the curves must exist."""
 
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ def test_smoke(name, tmp_path, monkeypatch):
     assert len(results["rows"]) == len(exp.targets)
     for row in results["rows"]:
         assert math.isfinite(row["pooled"]) and math.isfinite(row["federated"]), row
+        assert row["local_sites"] >= 2 and math.isfinite(row["local_mean"]) and math.isfinite(row["local_worst"]), row
+    local = [arm for arm, values in results["arms"].items() if values["setting"] == "local" or values["local_of"]]
+    assert len(local) >= 2 and all(results["arms"][arm]["site"] is not None for arm in local)
     for arm, values in results["arms"].items():
         assert (out / arm / "report" / "report.md").is_file(), arm
         assert values["cpu_seconds"] > 0 and values["bytes_sent"] > 0
@@ -36,4 +40,7 @@ def test_smoke(name, tmp_path, monkeypatch):
     if exp.fractions:
         for task in set(exp.tasks):
             assert (out / f"label_fractions_{task}.png").stat().st_size > 5000
-    assert "| " + name + " |" in (out / "results.md").read_text()
+    text = (out / "results.md").read_text()
+    assert "| " + name + " |" in text
+    if "lv_seg" in exp.tasks and exp.dataset == "camus" and not exp.fractions:  # CAMUS: ED/ES pairs
+        assert "## Clinical read-outs" in text and (out / "pooled" / "clinical.npz").is_file()

@@ -113,6 +113,7 @@ def test_two_sites_the_lower_median_bounds_the_liar():
     (0, "num-examples is 0"),
     (-5.0, "num-examples is -5"),
     (2.5, "num-examples is 2.5, not a whole number"),
+    (1e300, "num-examples is 1e+300, beyond 2**53"),
 ])
 def test_a_non_finite_or_non_positive_or_fractional_num_examples_rejects_only_that_site(bad, reason):
     arrays, record = run_round(THREE, [1, 3, bad])
@@ -149,6 +150,8 @@ def test_weighting_config_auto_examples_uniform_and_errors():
         FederationConfig(weighting="examples", privacy=PrivacyConfig(mode="site"))
     with pytest.raises(ValueError, match="privacy.mode=site needs a strategy that averages"):
         FederationConfig(strategy=StrategyConfig(name="krum"), privacy=PrivacyConfig(mode="site"))
+    with pytest.raises(ValueError, match="set federation.strategy.max_update_norm=null"):
+        FederationConfig(strategy=StrategyConfig(max_update_norm=5.0), privacy=PrivacyConfig(mode="site"))
 
 
 def test_evaluation_metrics_are_bounded_and_validated_the_same_way():
@@ -163,6 +166,18 @@ def test_evaluation_metrics_are_bounded_and_validated_the_same_way():
     # node 4 left out (NaN count); node 3 clipped to 10 x the lower median 10 = 100
     assert metrics["eval-loss"] == pytest.approx((1 * 10 + 2 * 10 + 100 * 100) / 120)
     assert set(guarded.current.sites_evaluate) == {"node_1", "node_2", "node_3"}
+
+
+def test_the_global_model_keeps_its_declared_dtype_under_fedadam():
+    """Flower's FedAdam computes in float64: without the cast, every site would receive twice the
+    bytes from round 2 on and the arrays would no longer match the phase's declaration."""
+    cfg = StrategyConfig(name="fedadam", min_sites=1)
+    guarded = guarded_for(cfg, 3)
+    arrays, record = run_round(THREE, [1, 1, 2], guarded=guarded)
+    assert {k: v.dtype for k, v in arrays.items()} == {"w": np.float32, "b": np.float32}
+    sent_1 = record.bytes_sent
+    _, record = run_round(THREE, [1, 1, 2], guarded=guarded, current=arrays, server_round=2)
+    assert record.bytes_sent == sent_1
 
 
 # --- item 7: a malformed array rejects only its site -----------------------------------------------
@@ -216,19 +231,22 @@ def test_extra_records_odd_metrics_and_a_bogus_site_index_break_only_their_reply
     """Flower's aggregation refuses a whole round for a second ArrayRecord or mismatched metric
     types; a NaN site index used to crash naming the site."""
     cfg = StrategyConfig(name="fedavg", min_sites=1)
-    guarded = guarded_for(cfg, 4)
-    guarded.configure_train(1, record_of(GLOBAL), ConfigRecord({}), FixedGrid([1, 2, 3, 4]))
+    guarded = guarded_for(cfg, 6)
+    guarded.configure_train(1, record_of(GLOBAL), ConfigRecord({}), FixedGrid([1, 2, 3, 4, 5, 6]))
     extra = reply(2, site(50.0), 1)
     extra.content["smuggled"] = record_of({"x": np.zeros(3, np.float32)})
     replies = [reply(1, THREE[0], 1, **{"train-loss": 1.0}), extra,
                reply(3, THREE[1], 3, **{"train-loss": [1.0, 2.0]}),  # a list where others send a number
-               reply(4, THREE[2], 2, **{"site-index": float("nan"), "train-loss": 4.0})]
+               reply(4, THREE[2], 2, **{"site-index": float("nan"), "train-loss": 4.0}),
+               reply(5, site(8.0, 0.5), 2, **{"site-index": 0.0, "train-loss": 4.0}),  # "I am site_0"
+               reply(6, site(8.0, 0.5), 2, **{"site-index": 0.0, "train-loss": 4.0})]  # ... and so am I
     arrays, metrics = guarded.aggregate_train(1, replies)
     arrays = numpy_dict(arrays)
-    assert np.allclose(arrays["w"], (1 * 1 + 3 * 3 + 8 * 2) / 6)
+    assert np.allclose(arrays["w"], (1 * 1 + 3 * 3 + 8 * 2 * 3) / 10)
     assert guarded.current.rejected == {"node_2": "unexpected record 'smuggled' in reply"}
     assert "train-loss" not in metrics  # not a number at every site: left out, not a crash
-    assert set(guarded.current.sites_train) == {"node_1", "node_3", "node_4"}
+    # two nodes claiming one site index: both kept in the history, neither overwrites the other
+    assert set(guarded.current.sites_train) == {"node_1", "node_3", "node_4", "site_0", "site_0@node_6"}
 
 
 def test_a_malformed_array_below_min_sites_fails_the_round_with_its_reason():
@@ -292,8 +310,9 @@ class ScriptedGrid:
                 if config["server-round"] == self.crash_at:
                     raise RuntimeError(f"coordinator killed before round {self.crash_at}")
                 step = np.sin(np.arange(7, dtype=np.float32) * node + config["server-round"])
-                # like a site's float32 model (FedAdam hands out float64 arrays)
-                arrays = {k: v.astype(np.float32) for k, v in numpy_dict(message.content.array_records["arrays"]).items()}
+                # like a site's float32 model
+                received = numpy_dict(message.content.array_records["arrays"])
+                arrays = {k: v.astype(np.float32) for k, v in received.items()}
                 new = {"w": arrays["w"] + step[:4].reshape(2, 2), "b": arrays["b"] - step[4:]}
                 content = RecordDict({"arrays": record_of(new), "metrics": MetricRecord(metrics)})
             else:
@@ -302,7 +321,7 @@ class ScriptedGrid:
         return replies
 
 
-def _coordinator(run_dir, grid, monkeypatch, strategy="fedadam", resume=False):
+def _coordinator(run_dir, grid, monkeypatch, strategy="fedadam", resume=False, extra=()):
     import torch
 
     from fedecho.config.compose import compose_run_config
@@ -310,40 +329,51 @@ def _coordinator(run_dir, grid, monkeypatch, strategy="fedadam", resume=False):
 
     cfg = compose_run_config([f"federation.strategy.name={strategy}", "federation.adapt.rounds=4",
                               "federation.tasks=[view]", "federation.central_eval=false",
-                              "federation.strategy.server_lr=0.3", f"federation.run_dir={run_dir}"],
+                              "federation.strategy.server_lr=0.3", f"federation.run_dir={run_dir}", *extra],
                              config_name="federated")
     monkeypatch.setattr(Coordinator, "_initial",
                         lambda self, phase: ({k: torch.from_numpy(v.copy()) for k, v in GLOBAL.items()}, None))
     return Coordinator(cfg, grid, resume=resume)
 
 
-@pytest.mark.parametrize("strategy", ["fedadam", "fedavgm"])
-def test_a_resumed_run_continues_the_strategy_state_bit_for_bit(tmp_path, monkeypatch, strategy):
+# site-level DP without noise is deterministic: its (two-level) strategy state must resume exactly too
+SITE_DP_NO_NOISE = ("federation.privacy.mode=site", "federation.privacy.noise_multiplier=0",
+                    "federation.privacy.max_grad_norm=0.5")
+
+
+@pytest.mark.parametrize("strategy,extra", [("fedadam", ()), ("fedavgm", ()), ("fedadam", SITE_DP_NO_NOISE)],
+                         ids=["fedadam", "fedavgm", "fedadam-site-dp"])
+def test_a_resumed_run_continues_the_strategy_state_bit_for_bit(tmp_path, monkeypatch, strategy, extra):
     from fedecho.federation import coordinator as coordinator_module
     from fedecho.federation.state import RunCheckpoint
 
-    _coordinator(tmp_path / "full", ScriptedGrid(), monkeypatch, strategy).run()
+    _coordinator(tmp_path / "full", ScriptedGrid(), monkeypatch, strategy, extra=extra).run()
     full = RunCheckpoint.load(tmp_path / "full").phase_arrays("adapt:view")
+    if extra:  # every site's update (norm ~1.8) was clipped to 0.5 at the coordinator
+        import json
+
+        history = json.loads((tmp_path / "full" / "history.json").read_text())
+        assert [r["train"]["site-dp-clipped"] for r in history if r["phase"] == "adapt:view"] == [3, 3, 3, 3]
 
     with pytest.raises(RuntimeError, match="killed before round 3"):
-        _coordinator(tmp_path / "resumed", ScriptedGrid(crash_at=3), monkeypatch, strategy).run()
+        _coordinator(tmp_path / "resumed", ScriptedGrid(crash_at=3), monkeypatch, strategy, extra=extra).run()
     checkpoint = RunCheckpoint.load(tmp_path / "resumed")
     assert (checkpoint.phase, checkpoint.round) == ("adapt:view", 2)
     files = sorted(p.name for p in checkpoint.directory.iterdir())
     assert files == ["round_adapt_view_000002.npz", "state.json"]  # round 1's file was replaced
     saved = checkpoint.strategy_state()
     moments = ("m_t", "v_t") if strategy == "fedadam" else ("momentum_vector",)
-    assert all(saved[0][name] is not None for name in moments)
-    _coordinator(tmp_path / "resumed", ScriptedGrid(), monkeypatch, strategy, resume=True).run()
+    assert all(saved[-1][name] is not None for name in moments)  # (the inner strategy under site DP)
+    _coordinator(tmp_path / "resumed", ScriptedGrid(), monkeypatch, strategy, resume=True, extra=extra).run()
     resumed = RunCheckpoint.load(tmp_path / "resumed").phase_arrays("adapt:view")
     for key in full:
         np.testing.assert_array_equal(full[key], resumed[key])
 
     # what the test guards: the same resume without the saved moments ends elsewhere
     with pytest.raises(RuntimeError):
-        _coordinator(tmp_path / "forgetful", ScriptedGrid(crash_at=3), monkeypatch, strategy).run()
+        _coordinator(tmp_path / "forgetful", ScriptedGrid(crash_at=3), monkeypatch, strategy, extra=extra).run()
     monkeypatch.setattr(coordinator_module, "load_strategy_state", lambda strategy, state: None)
-    _coordinator(tmp_path / "forgetful", ScriptedGrid(), monkeypatch, strategy, resume=True).run()
+    _coordinator(tmp_path / "forgetful", ScriptedGrid(), monkeypatch, strategy, resume=True, extra=extra).run()
     forgetful = RunCheckpoint.load(tmp_path / "forgetful").phase_arrays("adapt:view")
     assert not np.array_equal(full["w"], forgetful["w"])
 

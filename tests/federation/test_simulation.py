@@ -1,7 +1,7 @@
 """End to end: the project's ServerApp and ClientApp in Flower's in-process simulation, tiny models,
 synthetic data. Learning happens, only declared tensors leave the sites, a NaN update from one
-site is rejected while the run finishes, and a run interrupted after a round resumes to the same
-weights as an uninterrupted run."""
+site is rejected while the run finishes, and a run interrupted after a round, or during one,
+resumes to the same weights as an uninterrupted run."""
 
 from __future__ import annotations
 
@@ -135,15 +135,51 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
         np.testing.assert_array_equal(a[key], b[key])
 
 
+def test_coordinator_killed_mid_round_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    """Sites trained round 2 (and saved their state), then the coordinator died before it
+    checkpointed the round: on resume it sends round 2 again, and each site trains it from its
+    snapshot after round 1, so the run ends bit-identical to an uninterrupted one."""
+    from fedecho.federation import state
+
+    overrides = ["federation.adapt.rounds=3", "federation.tasks=[view]", "federation.central_eval=false",
+                 "federation.adapt.local_steps=2"]
+    full_dir, _ = run(tmp_path, "full", overrides)
+
+    original = state.RunCheckpoint.save_round
+
+    def crash_during_round_2(self, phase, round_, arrays, strategy_state):
+        if round_ == 2 and not os.environ.get("FEDECHO_TEST_RESUMED"):
+            raise RuntimeError("coordinator killed during round 2")
+        original(self, phase, round_, arrays, strategy_state)
+
+    monkeypatch.setattr(state.RunCheckpoint, "save_round", crash_during_round_2)
+    with pytest.raises(RuntimeError, match="killed during round 2"):
+        run(tmp_path, "resumed", overrides)
+    snapshots = sorted(p.name for p in (tmp_path / "resumed" / "sites").glob("site_*/rounds/adapt_view/r*.pt"))
+    assert snapshots == ["r1.pt", "r1.pt", "r2.pt", "r2.pt"]  # the sites had trained round 2
+    monkeypatch.setenv("FEDECHO_TEST_RESUMED", "1")
+    resumed_dir, _ = run(tmp_path, "resumed", overrides, resume=True)
+
+    a = np.load(full_dir / "checkpoint" / "final_adapt_view.npz")
+    b = np.load(resumed_dir / "checkpoint" / "final_adapt_view.npz")
+    assert a.files == b.files
+    for key in a.files:
+        np.testing.assert_array_equal(a[key], b[key])
+
+
 def test_dp_sgd_sites_report_composing_epsilon_and_stop_at_their_budget(tmp_path):
     dp = ["federation.adapt.rounds=3", "federation.tasks=[view]", "federation.central_eval=false",
           "model.norm=group", "federation.privacy.mode=sample", "federation.privacy.noise_multiplier=1.0",
           "federation.privacy.max_grad_norm=1.0"]
-    _, history = run(tmp_path, "dp", dp)
+    dp_dir, history = run(tmp_path, "dp", dp)
+    assert "ε is per **patient**" in (dp_dir / "report" / "report.md").read_text()
     rounds = [r for r in history if r["phase"] == "adapt:view"]
     for site in ("site_0", "site_1"):
         eps = [r["sites_train"][site]["epsilon"] for r in rounds]
         assert 0 < eps[0] < eps[1] < eps[2]
+        # the default unit is the patient (several images each): a larger epsilon than per image
+        per_image = [r["sites_train"][site]["epsilon-example"] for r in rounds]
+        assert all(0 < e < p for e, p in zip(per_image, eps, strict=True))
         assert all(r["sites_train"][site]["delta"] == pytest.approx(1e-5) for r in rounds)
     # a budget too small for even one round: every site stops, and the run says why
     with pytest.raises(Exception, match="privacy budget spent"):

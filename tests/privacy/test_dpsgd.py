@@ -61,10 +61,16 @@ class Regression(Learner):
 
 
 class Points(Dataset):
-    def __init__(self, n=64, seed=0):
+    """n points; ``per_patient`` consecutive points belong to one patient."""
+
+    def __init__(self, n=64, seed=0, per_patient=1):
         g = torch.Generator().manual_seed(seed)
         self.x = torch.randn(n, 4, generator=g)
         self.y = self.x.sum(1)
+        self.per_patient = per_patient
+
+    def patient_ids(self):
+        return [f"patient{i // self.per_patient}" for i in range(len(self.x))]
 
     def __len__(self):
         return len(self.x)
@@ -133,10 +139,11 @@ def test_budget_stops_training_before_epsilon_exceeds_the_target():
     privacy = SitePrivacy(cfg)
     for steps in (1, 10, 100, 1000, 10_000):
         ahead = privacy.accountant.epsilon_after(cfg.delta, noise_multiplier=2.0, sample_rate=0.1, steps=steps)
-        assert privacy.budget_allows(steps, 0.1) == (ahead <= 3.0)
-    assert privacy.budget_allows(1, 0.1) and not privacy.budget_allows(10_000, 0.1)
+        assert privacy.budget_allows(steps, 0.1)[0] == (ahead <= 3.0)
+    assert privacy.budget_allows(1, 0.1)[0] and not privacy.budget_allows(10_000, 0.1)[0]
     privacy.accountant.accountant.history.append((2.0, 0.1, 400))
-    assert not privacy.budget_allows(1000, 0.1)
+    allowed, why = privacy.budget_allows(1000, 0.1)
+    assert not allowed and "> target 3.000" in why
 
 
 def test_empty_poisson_batch_still_takes_a_noise_step():
@@ -144,9 +151,8 @@ def test_empty_poisson_batch_still_takes_a_noise_step():
     privacy = SitePrivacy(PrivacyConfig(mode="sample", noise_multiplier=1.0, max_grad_norm=1.0))
     privacy.attach(trainer, DataLoader(Points(16), batch_size=4), per_sample_loss=True, what="test")
     before = [p.detach().clone() for p in trainer.learner.parameters()]
-    empty = {"x": torch.zeros(0, 4), "y": torch.zeros(0)}
     with pytest.raises(ValueError, match="no usable batch"):
-        trainer.train_epoch([empty])  # a step happened, but no loss was computed
+        trainer.train_epoch([{}])  # what the DP loader yields for an empty Poisson batch
     assert privacy.accountant.steps == 1
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.learner.parameters(), strict=True))
 

@@ -59,7 +59,8 @@ def _records(dp: bool = True) -> list[RoundRecord]:
                     continue
                 train = {"train-loss": round(2.0 - 0.25 * step - 0.0625 * s, 4), "num-examples": 40.0 + 10 * s}
                 if dp:
-                    train |= {"epsilon": round(0.5 * step + 0.125 * s, 4), "delta": 1e-5}
+                    train |= {"epsilon": round(0.5 * step + 0.125 * s, 4), "delta": 1e-5,
+                              "epsilon-example": round(0.25 * step + 0.125 * s, 4)}
                 record.sites_train[site] = train
                 evaluate = {"eval-loss": round(1.5 - 0.125 * r - 0.0625 * s, 4), "num-examples": 20.0}
                 if phase == "adapt:view":
@@ -169,7 +170,10 @@ def test_report_tables_hold_the_final_metrics_of_the_history(report, run_dir):
     # last epsilon of each site (round 3 of adapt:view = run-wide step 6)
     for s, site in enumerate(SITES):
         assert f"| {site} | `adapt:view` " not in text  # phase cells in the privacy table are plain
-        assert f"| {site} | adapt:view | 3 | {format_value(3.0 + 0.125 * s)} | 1e-05 | no |" in text
+        assert (f"| {site} | adapt:view | 3 | {format_value(3.0 + 0.125 * s)} | {format_value(1.5 + 0.125 * s)} "
+                f"| 1e-05 | no |") in text
+    # the unit of epsilon, from the run's config.json (no config: said so)
+    assert "ε is per **unknown (no readable config.json)**" in text
     assert "| segformer_lora | view acc | 0.988 | 0.91 | 0.88 | 0.967 |" in text
     assert "| `adapt:view` | 3 | 1.8 MB | 1.74 MB | 4.5 |" in text
     assert "| site_1/local/step-loss | 1 | 7 | 0.42 |" in text
