@@ -101,18 +101,19 @@ def test_fedsa_keeps_b_on_the_site(tmp_path):
     assert metrics["num-examples"] > 0
     assert set(reply) == set(reference.shared_state_dict())
     assert any(".lora_A." in k for k in reply) and not any(".lora_B." in k for k in reply)
-    saved = {}
+    saved: dict[str, torch.Tensor] = {}
 
-    def collect(state):  # the site's round snapshot nests the learner's local tensors
-        if isinstance(state, dict):
-            for key, value in state.items():
-                if isinstance(key, str) and ".lora_B." in key and isinstance(value, torch.Tensor):
-                    saved[key] = value
-                else:
-                    collect(value)
+    def collect(state):  # the site's saved state, however it nests it (e.g. {"learner": {...}})
+        for key, value in state.items():
+            if isinstance(value, dict):
+                collect(value)
+            elif isinstance(key, str) and ".lora_B." in key and torch.is_tensor(value):
+                saved[key] = value
 
     for path in tmp_path.rglob("*.pt"):
-        collect(torch.load(path, map_location="cpu", weights_only=True))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict):
+            collect(state)
     assert saved and any(v.abs().max() > 0 for v in saved.values())  # trained, kept at the site
 
 
