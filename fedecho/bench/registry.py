@@ -52,8 +52,8 @@ for _spec in (
     BenchmarkSpec("deploy-round", "deployed round (SuperLink + 2 sites with the warm site worker on 127.0.0.1) vs "
                   "the same round simulated; where a deployed round's time goes", "ratio ≤ 1.3",
                   "fedecho.bench.deploy_round:run"),
-    BenchmarkSpec("ssl-gpu", "SSL pretraining throughput on a GPU: images/s and bf16 MFU (ViT-S DINO, "
-                  "ResNet-18 SimCLR)", "reported (needs CUDA)", "fedecho.bench.ssl_throughput:run"),
+    BenchmarkSpec("ssl-gpu", "SSL pretraining throughput on a GPU: images/s and bf16 MFU (ViT-S DINO and "
+                  "DINOv2, ResNet-18 SimCLR)", "reported (needs CUDA)", "fedecho.bench.ssl_throughput:run"),
 ):
     BENCHMARKS.add(_spec.name, _spec)
     _ORDER.append(_spec.name)
