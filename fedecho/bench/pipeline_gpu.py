@@ -85,7 +85,8 @@ def _config(case: GpuCase, root: str, cache_dir: Path, *, cache: bool = True, **
     overrides = [f"train.{k}={'null' if v is None else v}" for k, v in train.items()]
     overrides.append(f"data.cache={str(cache).lower()}")
     return compose_run_config([
-        f"data.format={case.fmt}", f"data.root={root}", f"task={case.task}", f"task.image_size=[{case.size},{case.size}]",
+        f"data.format={case.fmt}", f"data.root={root}", f"task={case.task}",
+        f"task.image_size=[{case.size},{case.size}]",
         f"model={case.model}", f"model.image_size={case.size}", "encoder=lora", f"train.batch_size={case.batch}",
         "train.progress=false", f"data.cache_dir={cache_dir}", *case.extra, *overrides])
 
@@ -186,7 +187,8 @@ def _profile(cfg, case: GpuCase, dataset, n: int) -> dict[str, dict[str, float]]
         with keep_uint8():
             raw = lap("after: uint8 example", lambda s=cached, k=key: task.make_example(s, k, rng))
         raw = dict(raw)
-        raw["augment"] = lap("after: parameter draw", lambda e=raw: sample_params(transform, e.get("image", e.get("clip")).shape[-2:], rng))
+        canvas = raw.get("image", raw.get("clip")).shape[-2:]
+        raw["augment"] = lap("after: parameter draw", lambda c=canvas: sample_params(transform, c, rng))
         after.append(_to_tensors(raw))
     collate_examples(before), collate_examples(after)  # warm-up: the first call pays one-off costs
     lap("before: collate", lambda: collate_examples(before))

@@ -28,8 +28,8 @@ is written for it), so the skip policy skips and counts it as before.
 
 **Privacy.** The cache holds the site's pixels: it lives in ``data.cache_dir`` (a deployed site
 points it into its state directory) or ``$FEDECHO_CACHE/decoded`` and never leaves the site;
-nothing in it is sent anywhere, and its error texts are the reader's own. Entries are written to a temporary folder and renamed into place, so concurrent
-workers never read a half-written entry.
+nothing in it is sent anywhere, and its error texts are the reader's own. Entries are written to
+a temporary folder and renamed into place, so concurrent workers never read a half-written entry.
 """
 
 from __future__ import annotations
@@ -294,6 +294,7 @@ class DecodedCache:
                 np.save(tmp / f"label.{name}.npy", array, allow_pickle=False)
             meta["maps"] = sorted(maps)
             (tmp / "meta.json").write_text(json.dumps(_to_json(meta)))
+            log.debug("decoded %s into the cache (%s)", record.item_id, entry.name[:12])
             try:
                 os.rename(tmp, entry)
             except OSError:
