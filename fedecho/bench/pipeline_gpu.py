@@ -85,7 +85,8 @@ def _config(case: GpuCase, root: str, cache_dir: Path, *, cache: bool = True, **
     overrides = [f"train.{k}={'null' if v is None else v}" for k, v in train.items()]
     overrides.append(f"data.cache={str(cache).lower()}")
     return compose_run_config([
-        f"data.format={case.fmt}", f"data.root={root}", f"task={case.task}", f"task.image_size=[{case.size},{case.size}]",
+        f"data.format={case.fmt}", f"data.root={root}", f"task={case.task}",
+        f"task.image_size=[{case.size},{case.size}]",
         f"model={case.model}", f"model.image_size={case.size}", "encoder=lora", f"train.batch_size={case.batch}",
         "train.progress=false", f"data.cache_dir={cache_dir}", *case.extra, *overrides])
 
@@ -154,7 +155,7 @@ def _profile(cfg, case: GpuCase, dataset, n: int) -> dict[str, dict[str, float]]
     from fedecho.tasks import collate_examples
     from fedecho.tasks.dataset import _to_tensors
     from fedecho.tasks.frames import keep_uint8
-    from fedecho.transforms.batched import augment_batch, sample_params
+    from fedecho.transforms.batched import augment_batch
     from fedecho.transforms.presets import build_transform
 
     reader = dataset.reader.reader  # the DecodedCache's own reader
@@ -185,8 +186,8 @@ def _profile(cfg, case: GpuCase, dataset, n: int) -> dict[str, dict[str, float]]
         cached = lap("after: cache read", lambda r=record: cache.load(r))
         with keep_uint8():
             raw = lap("after: uint8 example", lambda s=cached, k=key: task.make_example(s, k, rng))
-        raw = dict(raw)
-        raw["augment"] = lap("after: parameter draw", lambda e=raw: sample_params(transform, e.get("image", e.get("clip")).shape[-2:], rng))
+        # the loader's own step: parameter draw + uint8 masks (TaskDataset._raw_example)
+        raw = lap("after: parameter draw, uint8 mask", lambda e=raw: dataset._raw_example(e, rng))
         after.append(_to_tensors(raw))
     collate_examples(before), collate_examples(after)  # warm-up: the first call pays one-off costs
     lap("before: collate", lambda: collate_examples(before))

@@ -42,8 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Deletes only entries the decoded cache wrote (fedecho.data.cache).",
     )
     clear.add_argument("--dir", default=None,
-                       help="cache folder (default: $FEDECHO_CACHE/decoded; a deployed site: STATE_DIR/decoded, "
-                            "or the data.cache_dir it was given)")
+                       help="cache folder: the data.cache_dir the site runs with (default: $FEDECHO_CACHE/decoded, "
+                            "i.e. ~/.cache/fedecho/decoded)")
     clear.set_defaults(func=_cache_clear)
 
 

@@ -87,8 +87,9 @@ class DataConfig:
     """Decode each item once into a uint8 store at the training size (fedecho.data.cache); later
     epochs, rounds and runs read it. ``fedecho data cache-clear`` empties it."""
     cache_dir: str | None = None
-    """Where the decoded cache lives; None: the site's state directory when deployed, else
-    $FEDECHO_CACHE/decoded (~/.cache/fedecho/decoded)."""
+    """Where the decoded cache lives (a deployed site: inside its state directory); None: the folder
+    the caller passes to ``task_loaders(cache_dir=...)``, else $FEDECHO_CACHE/decoded
+    (~/.cache/fedecho/decoded)."""
     partition: PartitionConfig = field(default_factory=PartitionConfig)
 
     def __post_init__(self) -> None:

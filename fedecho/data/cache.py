@@ -26,10 +26,10 @@ cache-clear``). The key is computed once per record per process.
 :class:`~fedecho.data.errors.EchoDataError` on every load, exactly as without the cache (nothing
 is written for it), so the skip policy skips and counts it as before.
 
-**Privacy.** The cache holds the site's pixels: it lives in the site's state directory
-(deployment) or ``data.cache_dir`` / ``$FEDECHO_CACHE/decoded`` (simulation) and never leaves
-the site. Entries are written to a temporary folder and renamed into place, so concurrent
-workers never read a half-written entry.
+**Privacy.** The cache holds the site's pixels: it lives in ``data.cache_dir`` (a deployed site
+points it into its state directory) or ``$FEDECHO_CACHE/decoded`` and never leaves the site;
+nothing in it is sent anywhere, and its error texts are the reader's own. Entries are written to
+a temporary folder and renamed into place, so concurrent workers never read a half-written entry.
 """
 
 from __future__ import annotations
@@ -294,6 +294,7 @@ class DecodedCache:
                 np.save(tmp / f"label.{name}.npy", array, allow_pickle=False)
             meta["maps"] = sorted(maps)
             (tmp / "meta.json").write_text(json.dumps(_to_json(meta)))
+            log.debug("decoded %s into the cache (%s)", record.item_id, entry.name[:12])
             try:
                 os.rename(tmp, entry)
             except OSError:

@@ -242,7 +242,8 @@ def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int, 
     if num_workers > 0 and hasattr(dataset, "set_epoch"):
         base = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
         return DataLoader(dataset, batch_size=batch_size, sampler=EpochSampler(base, dataset), collate_fn=collate,
-                          generator=generator, num_workers=num_workers, drop_last=drop_last, persistent_workers=True, pin_memory=pin_memory)
+                          generator=generator, num_workers=num_workers, drop_last=drop_last, persistent_workers=True,
+                          pin_memory=pin_memory)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator,
                       num_workers=num_workers, drop_last=drop_last, persistent_workers=num_workers > 0,
                       pin_memory=pin_memory)

@@ -150,7 +150,8 @@ class TaskDataset(Dataset):
         example = dict(example)
         example[AUGMENT_KEY] = sample_params(self.device_augment, spatial_size(example), generator)
         mask = example.get("mask")
-        if isinstance(mask, np.ndarray) and mask.dtype != np.uint8 and mask.size and 0 <= mask.min() and mask.max() <= 255:
+        if (isinstance(mask, np.ndarray) and mask.dtype != np.uint8 and mask.size
+                and 0 <= mask.min() and mask.max() <= 255):
             example["mask"] = mask.astype(np.uint8)
         return example
 

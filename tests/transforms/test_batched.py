@@ -115,7 +115,8 @@ def test_clip_frames_share_one_map_and_non_square_input_is_padded():
     transform = build_transform("seg_train", cfg)
     cpu_clips, params = [], []
     for i in range(3):
-        cpu_clips.append(torch.as_tensor(transform({"clip": clip.astype(np.float32) / 255}, np.random.default_rng(i))["clip"]))
+        example = {"clip": clip.astype(np.float32) / 255}
+        cpu_clips.append(torch.as_tensor(transform(example, np.random.default_rng(i))["clip"]))
         params.append(sample_params(transform, clip.shape[-2:], np.random.default_rng(i)))
     batch = {"clip": torch.from_numpy(np.stack([clip] * 3)), AUGMENT_KEY: torch.from_numpy(np.stack(params))}
     dev = augment_batch(batch, "cpu")["clip"]
