@@ -269,16 +269,18 @@ def _site_config(cfg: RunConfig, policy: SitePolicy, node: dict, grant: RunGrant
     """The site's configuration: the signed run's, with the site's data and device."""
     if node.get("device"):
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=str(node["device"])))
+    bundle = Path(str(node["bundle-dir"]))
+    root = Path(str(node.get("state-dir") or bundle / "state"))
+    # the decoded-data cache is the site's: in its state folder, shared by its runs, never the run's
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache_dir=str(root / "decoded")))
     try:
         data = dataclasses.replace(cfg.data, format=str(node["data-format"]), root=str(node["data-root"]),
                                    partition=PartitionConfig(), **policy.data.settings())
     except (KeyError, ValueError) as err:
         raise SiteRefusal(Code.CONFIG, f"the site's data settings are invalid: {err!r}") from None
-    bundle = Path(str(node["bundle-dir"]))
     index = node.get("site-index")
     if index is None:
         settings = read_site_toml(bundle)
         index = settings.get("site", {}).get("index", settings.get("site-index", 0))
-    root = Path(str(node.get("state-dir") or bundle / "state"))
     return Admitted(cfg=cfg, data=data, site_index=int(index),
                     state_dir=run_state_dir(root, str(cfg.federation.run_dir)), grant=grant)

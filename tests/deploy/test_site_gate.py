@@ -287,6 +287,9 @@ def test_allowed_run_uses_site_settings_and_audits_exactly_what_was_sent(site, c
     assert runtime.data_cfg.on_error == "raise" and runtime.data_cfg.label_fraction == 0.5  # the site's
     assert runtime.data_cfg.root == node["data-root"] and runtime.cfg.train.device == "cpu"
     assert str(runtime.state_dir).startswith(node["state-dir"]) and runtime.state_dir.name.startswith("run-")
+    # the decoded-data cache lives in the site's state folder (shared by its runs), filled by this run
+    decoded = Path(node["state-dir"]) / "decoded"
+    assert runtime.cfg.data.cache_dir == str(decoded) and any(decoded.rglob("frames.npy"))
 
     entries = read_audit(node["state-dir"])
     assert [(e["event"], e["type"]) for e in entries] == [(ev, t) for t in ("query", "train", "evaluate")
