@@ -109,7 +109,7 @@ def test_a_crash_while_saving_the_round_never_under_counts_epsilon(cfg, tmp_path
     straight, _ = start(c, tmp_path / "straight")
     u1, _ = straight.train(PHASE, 1, initial)
     _, m2 = straight.train(PHASE, 2, u1)
-    steps_per_round = straight._phases[PHASE.name].trainer.global_step // 2
+    assert straight._phases[PHASE.name].privacy.accountant.steps == 2 * PHASE.local_steps
 
     site.train(PHASE, 1, initial)
     real_replace = snapshots.os.replace
@@ -126,7 +126,7 @@ def test_a_crash_while_saving_the_round_never_under_counts_epsilon(cfg, tmp_path
     restarted, _ = start(c, tmp_path / "site")
     _, m2_again = restarted.train(PHASE, 2, u1)
     privacy = restarted._phases[PHASE.name].privacy
-    assert privacy.accountant.steps == 2 * steps_per_round  # every step of both rounds, once
+    assert privacy.accountant.steps == 2 * PHASE.local_steps  # every step of both rounds, once
     assert m2_again[MetricKey.EPSILON] == pytest.approx(m2[MetricKey.EPSILON], rel=1e-12)
     assert m2_again[MetricKey.EPSILON_EXAMPLE] == pytest.approx(m2[MetricKey.EPSILON_EXAMPLE], rel=1e-12)
 
