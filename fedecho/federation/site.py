@@ -85,6 +85,11 @@ class SiteRuntime:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.data_cfg = data or cfg.data
         self.snapshots = SnapshotStore(self.state_dir)
+        if (self.state_dir / "privacy.json").is_file():  # state of a FedEcho before per-round snapshots
+            raise RuntimeError(
+                f"{self.state_dir} holds site state of an older FedEcho (privacy.json): its accountant would "
+                f"not carry over and epsilon would restart at 0; start a new run (another federation.run_dir)"
+            )
         self.secret = None
         if cfg.federation.privacy.mode == "sample":  # created here, at the site, before any training
             from fedecho.privacy import SiteSecret

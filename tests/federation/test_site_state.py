@@ -159,3 +159,12 @@ def test_skipped_items_are_reported_per_round(cfg, tmp_path):
         failures.append(0)
     assert failures[0] >= 1  # the broken item was met in round 1
     assert skipped == failures[:3]  # each round reports its own skips, not a running total
+
+
+def test_state_of_an_older_fedecho_is_refused_rather_than_restarting_epsilon(cfg, tmp_path):
+    from fedecho.federation.site import SiteRuntime
+
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "privacy.json").write_text('{"history": [[1.0, 0.1, 100]]}')
+    with pytest.raises(RuntimeError, match="epsilon would restart at 0; start a new run"):
+        SiteRuntime(cfg(DP), site_index=0, num_sites=2, state_dir=tmp_path / "old")
