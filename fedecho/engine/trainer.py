@@ -174,6 +174,8 @@ class Trainer:
                     self.scheduler.step()
                     self.global_step += 1
                     steps += 1
+                    if max_steps is not None and steps >= max_steps:  # a noise-only step is a step
+                        break
                 continue
             batch = move_batch(batch, self.device, channels_last=self.channels_last)
             self.optimizer.zero_grad(set_to_none=True)

@@ -85,6 +85,11 @@ class SiteRuntime:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.data_cfg = data or cfg.data
         self.snapshots = SnapshotStore(self.state_dir)
+        if (self.state_dir / "privacy.json").is_file():  # state of a FedEcho before per-round snapshots
+            raise RuntimeError(
+                f"{self.state_dir} holds site state of an older FedEcho (privacy.json): its accountant would "
+                f"not carry over and epsilon would restart at 0; start a new run (another federation.run_dir)"
+            )
         self.secret = None
         if cfg.federation.privacy.mode == "sample":  # created here, at the site, before any training
             from fedecho.privacy import SiteSecret
@@ -129,11 +134,11 @@ class SiteRuntime:
         names = [p.name for p in plan_phases(self.cfg) if p.kind != "evaluate"]
         return names[:names.index(phase.name)] if phase.name in names else []
 
-    def _accountant_state(self, phase: Phase, base: int) -> Any:
-        """The site's one accountant as of the snapshot ``base`` of ``phase`` (or, at a phase's
-        start, as of the last snapshot of the phase before): ε composes over phases."""
-        if base:
-            return self.snapshots.load(phase.name, base).get("private")
+    def _accountant_state(self, phase: Phase, snapshot: Mapping[str, Any] | None) -> Any:
+        """The site's one accountant as of ``snapshot`` of ``phase`` (or, at a phase's start, as of
+        the last snapshot of the phase before): ε composes over phases."""
+        if snapshot is not None:
+            return snapshot.get("private")
         for name in reversed(self._previous_phases(phase)):
             last = self.snapshots.latest(name)
             if last:
@@ -187,16 +192,18 @@ class SiteRuntime:
         trainer = Trainer(learner, train_cfg, total_steps=max(1, phase.rounds * local_steps),
                           device=resolve_device(self.cfg.train.device))
         base_skipped = len(getattr(train_loader.dataset, "skipped", []))
+        snapshot = self.snapshots.load(phase.name, base) if base else None
         privacy = None
         if self.cfg.federation.privacy.mode == "sample":
             from fedecho.privacy import SitePrivacy
 
-            privacy = SitePrivacy(self.cfg.federation.privacy, self._accountant_state(phase, base), secret=self.secret)
+            privacy = SitePrivacy(self.cfg.federation.privacy, self._accountant_state(phase, snapshot),
+                                  secret=self.secret)
             per_sample = getattr(getattr(learner, "method", None), "per_sample_loss", True)
             train_loader = privacy.attach(trainer, train_loader, per_sample_loss=per_sample, what=phase.name)
             trainer.private_state = privacy
-        if base:
-            trainer.load_site_state_dict(self.snapshots.load(phase.name, base))
+        if snapshot is not None:
+            trainer.load_site_state_dict(snapshot)
         objects = _PhaseObjects(learner, trainer, train_loader, eval_loaders, privacy, base, base_skipped)
         self._phases = {phase.name: objects}  # one phase at a time in memory
         return objects

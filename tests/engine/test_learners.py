@@ -3,6 +3,7 @@ that a frozen encoder's BatchNorm does not move."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fedecho.config.compose import compose_run_config
@@ -52,3 +53,31 @@ def test_pretrain_learner_shares_the_student_not_the_teacher():
     shared = learner.shared_state_dict()
     assert shared and not any("teacher" in k for k in shared)
     assert any(k.startswith("method.backbone.") for k in shared)
+
+
+def test_local_state_is_what_the_site_keeps_and_round_trips():
+    """The learner alone splits its state: declared tensors travel; local ones stay (FedBN norms,
+    the DINO teacher); a frozen encoder is neither (the coordinator hands it out)."""
+    fedbn = declared("encoder=full", "federation.strategy.local_norms=true")
+    shared, local = set(fedbn.shared_state_dict()), set(fedbn.local_state_dict())
+    assert not shared & local and local and all("bn" in k or "downsample.1" in k or "norm" in k
+                                                 for k in local if not k.endswith("num_batches_tracked"))
+    assert shared | local == set(fedbn.state_dict())
+
+    lora = declared("encoder=lora")
+    assert not any(k.startswith("backbone.") for k in lora.local_state_dict())  # frozen base: from setup
+
+    cfg = compose_run_config([*TINY, "model=vit-s16", "model.name=vit-tiny", "ssl=dino", "ssl.dino_out_dim=64",
+                              "ssl.dino_hidden_dim=32", "ssl.dino_bottleneck_dim=16"])
+    dino = build_pretrain_learner(cfg)
+    teacher = dino.local_state_dict()
+    assert any("teacher" in k for k in teacher)
+    with torch.no_grad():
+        for k, v in teacher.items():
+            if v.is_floating_point():
+                v.add_(1.0)
+    fresh = build_pretrain_learner(cfg)
+    fresh.load_local_state_dict(teacher)
+    assert all(torch.equal(v, fresh.local_state_dict()[k]) for k, v in teacher.items())
+    with pytest.raises(ValueError, match="unexpected tensor 'nope'.*missing tensor"):
+        fresh.load_local_state_dict({"nope": torch.zeros(1)})

@@ -109,7 +109,7 @@ def test_a_crash_while_saving_the_round_never_under_counts_epsilon(cfg, tmp_path
     straight, _ = start(c, tmp_path / "straight")
     u1, _ = straight.train(PHASE, 1, initial)
     _, m2 = straight.train(PHASE, 2, u1)
-    steps_per_round = straight._phases[PHASE.name].trainer.global_step // 2
+    assert straight._phases[PHASE.name].privacy.accountant.steps == 2 * PHASE.local_steps
 
     site.train(PHASE, 1, initial)
     real_replace = snapshots.os.replace
@@ -126,7 +126,7 @@ def test_a_crash_while_saving_the_round_never_under_counts_epsilon(cfg, tmp_path
     restarted, _ = start(c, tmp_path / "site")
     _, m2_again = restarted.train(PHASE, 2, u1)
     privacy = restarted._phases[PHASE.name].privacy
-    assert privacy.accountant.steps == 2 * steps_per_round  # every step of both rounds, once
+    assert privacy.accountant.steps == 2 * PHASE.local_steps  # every step of both rounds, once
     assert m2_again[MetricKey.EPSILON] == pytest.approx(m2[MetricKey.EPSILON], rel=1e-12)
     assert m2_again[MetricKey.EPSILON_EXAMPLE] == pytest.approx(m2[MetricKey.EPSILON_EXAMPLE], rel=1e-12)
 
@@ -159,3 +159,12 @@ def test_skipped_items_are_reported_per_round(cfg, tmp_path):
         failures.append(0)
     assert failures[0] >= 1  # the broken item was met in round 1
     assert skipped == failures[:3]  # each round reports its own skips, not a running total
+
+
+def test_state_of_an_older_fedecho_is_refused_rather_than_restarting_epsilon(cfg, tmp_path):
+    from fedecho.federation.site import SiteRuntime
+
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "privacy.json").write_text('{"history": [[1.0, 0.1, 100]]}')
+    with pytest.raises(RuntimeError, match="epsilon would restart at 0; start a new run"):
+        SiteRuntime(cfg(DP), site_index=0, num_sites=2, state_dir=tmp_path / "old")

@@ -232,3 +232,16 @@ def test_unbounded_patient_epsilon_stops_training_with_a_clear_reason():
     allowed, why = privacy.budget_allows(100, privacy.sample_rate)
     assert not allowed and "cannot be bounded" in why and "noise_multiplier" in why
     assert math.isfinite(privacy.epsilon())
+
+
+def test_local_steps_count_noise_only_steps():
+    """``max_steps`` (federation local_steps) bounds every private step, empty batches included:
+    the budget look-ahead assumes exactly that many."""
+    dataset = TaskLike(4)
+    trainer = trainer_for(Linear())
+    privacy = SitePrivacy(PrivacyConfig(mode="sample", noise_multiplier=1.0, max_grad_norm=1.0))
+    privacy.attach(trainer, DataLoader(dataset, batch_size=2, collate_fn=collate_examples),
+                   per_sample_loss=True, what="test")
+    real = collate_examples([dataset[i] for i in range(2)])
+    trainer.train_epoch([{}, real, {}, real, real], max_steps=3)
+    assert trainer.global_step == privacy.accountant.steps == 3
