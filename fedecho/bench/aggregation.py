@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from fedecho.bench.common import BenchOptions, Goal, Row, summarize
+from fedecho.federation.contract import MetricKey
 
 __all__ = ["AGGREGATION_GOAL", "make_replies", "run"]
 
@@ -41,7 +42,7 @@ def make_replies(updates: list[dict[str, Any]]) -> list[Any]:
         metadata = Metadata(run_id=1, message_id="", src_node_id=node, dst_node_id=0, reply_to_message_id="m",
                             group_id="1", created_at=time.time(), ttl=60, message_type=MessageType.TRAIN)
         replies.append(Message(metadata=metadata, content=RecordDict(
-            {"arrays": to_arrayrecord(arrays), "metrics": MetricRecord({"num-examples": 10.0})})))
+            {"arrays": to_arrayrecord(arrays), "metrics": MetricRecord({MetricKey.NUM_EXAMPLES: 10.0})})))
     return replies
 
 

@@ -256,7 +256,7 @@ def admit(run_config: dict, node_config: dict, phase: Phase, round_: int, verdic
     mu = float(extra.get(ConfigKey.PROXIMAL_MU, 0.0))
     if (planned.get(phase.name) != phase or not 0 <= round_ <= phase.rounds
             or mu not in (0.0, strategy.proximal_mu if strategy.name == "fedprox" else 0.0)
-            or str(extra.get("split", "val")) not in ("val", "test")):
+            or str(extra.get(ConfigKey.SPLIT, "val")) not in ("val", "test")):
         verdict.policy = "refused: message not in the signed run"
         raise SiteRefusal(Code.MESSAGE, f"message phase {phase} round {round_} (proximal-mu {mu}, split "
                                         f"{extra.get('split')!r}) is not in the signed run's plan "

@@ -191,10 +191,12 @@ def _pull_input(client: Any) -> tuple[Any, Any, Any, float]:
 
 def _round(message: Any) -> str:
     """The round of a message (Flower's group id, else FedEcho's config record) for the log."""
+    from fedecho.federation.contract import CONFIG, ConfigKey
+
     if message.metadata.group_id:
         return str(message.metadata.group_id)
     try:
-        return str(message.content.config_records["config"].get("server-round", ""))
+        return str(message.content.config_records[CONFIG].get(ConfigKey.ROUND, ""))
     except KeyError:
         return ""
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fedecho.experiments.spec import Experiment, Target
+from fedecho.federation.contract import MetricKey
 
 __all__ = ["ArmResult", "collect_arm", "experiment_rows", "summary_table", "write_results"]
 
@@ -73,7 +74,7 @@ def collect_arm(exp: Experiment, arm: str, run_dir: Path, *, wall_seconds: float
     else:
         timing.write_text(json.dumps({"wall_seconds": wall_seconds, "coordinator_cpu": coordinator_cpu}))
     training = [r for r in records if r.phase.startswith(("adapt:", "pretrain"))]
-    site_cpu = sum(values.get("cpu-seconds", 0.0) for r in records for values in r.sites_train.values())
+    site_cpu = sum(values.get(MetricKey.CPU_SECONDS, 0.0) for r in records for values in r.sites_train.values())
     result = ArmResult(
         arm=arm, run_dir=str(run_dir), central={t: dict(r.central) for t, r in final.items()},
         sites={t: dict(r.evaluate) for t, r in final.items()},

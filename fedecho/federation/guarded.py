@@ -41,7 +41,7 @@ class RoundFailedError(RuntimeError):
 def site_name(message: Message) -> str:
     """``site_<index>`` from the reply's site index (a whole number), else ``node_<Flower node id>``."""
     metrics = message.content.metric_records.get(METRICS) if message.has_content() else None
-    index = metrics.get("site-index") if metrics is not None else None
+    index = metrics.get(MetricKey.SITE_INDEX) if metrics is not None else None
     if _is_scalar(index) and math.isfinite(index) and float(index).is_integer() and 0 <= index < 2**31:
         return f"site_{int(index)}"
     return f"node_{message.metadata.src_node_id}"
@@ -131,7 +131,7 @@ def _common_metrics(messages: list[Message]) -> list[Message]:
     if not messages:
         return messages
     records = [m.content.metric_records[METRICS] for m in messages]
-    common = {k for k in set(records[0]).intersection(*map(set, records[1:])) - {"site-index"}
+    common = {k for k in set(records[0]).intersection(*map(set, records[1:])) - {MetricKey.SITE_INDEX}
               if all(_is_scalar(r[k]) for r in records)}
     for message, record in zip(messages, records, strict=True):
         if set(record) != common:
@@ -148,7 +148,7 @@ def _scalars(record: MetricRecord | None) -> dict[str, float]:
     """Scalar metrics of a reply (the site's index only names the site)."""
     if record is None:
         return {}
-    return {k: float(v) for k, v in record.items() if isinstance(v, (int, float)) and k != "site-index"}
+    return {k: float(v) for k, v in record.items() if isinstance(v, (int, float)) and k != MetricKey.SITE_INDEX}
 
 
 class GuardedStrategy(Strategy):

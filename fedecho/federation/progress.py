@@ -20,10 +20,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from fedecho.federation.contract import MetricKey
+
 __all__ = ["KEY_METRICS", "emit", "final_table", "key_metric", "phase_line", "quiet_console", "round_line"]
 
 #: the metric that stands for a round, in order of preference (direction is the metric's own)
-KEY_METRICS = ("dice", "accuracy", "auroc", "mae", "loss", "train-loss")
+KEY_METRICS = ("dice", "accuracy", "auroc", "mae", "loss", MetricKey.LOSS)
 
 _terminal: TextIO | None = None  # set by quiet_console; None: the current sys.stdout
 
@@ -107,14 +109,14 @@ def quiet_console(log_path: str | Path, *, verbose: bool = False) -> Iterator[Pa
         swapped: list[tuple[logging.StreamHandler, TextIO]] = []
         loggers = [logging.getLogger(), *(logging.getLogger(n) for n in ("flwr", "ray"))]
         for logger in loggers:
-            for handler in logger.handlers:
-                if type(handler) is logging.StreamHandler or getattr(handler, "stream", None) in (old_out, old_err):
-                    if not isinstance(handler, logging.FileHandler):
-                        swapped.append((handler, handler.setStream(sink)))
+            for handler in logger.handlers:  # every console handler, whatever stream it was made with
+                if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                    swapped.append((handler, handler.setStream(sink)))
         _terminal, sys.stdout, sys.stderr = terminal, sink, sink
         try:
             yield path
         finally:
             sys.stdout, sys.stderr, _terminal = old_out, old_err, None
             for handler, stream in swapped:
-                handler.setStream(stream)
+                if stream is not None:
+                    handler.setStream(stream)

@@ -90,7 +90,7 @@ def _work(kind: str, message: Message, admitted: Admitted) -> Message:
         updated, metrics = runtime.train(phase, round_, arrays,
                                          proximal_mu=float(config.get(ConfigKey.PROXIMAL_MU, 0.0)))
         return _reply(message, metrics, updated)
-    return _reply(message, runtime.evaluate(phase, arrays, str(config.get("split", "val"))))
+    return _reply(message, runtime.evaluate(phase, arrays, str(config.get(ConfigKey.SPLIT, "val"))))
 
 
 def _classify(exc: BaseException) -> tuple[int, str]:

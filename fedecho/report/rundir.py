@@ -31,7 +31,7 @@ __all__ = [
 
 #: evaluation metrics tried in this order when a phase's task does not name its primary metric
 FALLBACK_METRICS = (
-    "balanced_accuracy", "auroc", "accuracy", "dice", "mae_mm", "mae", "rmse", "eval-loss", "loss",
+    "balanced_accuracy", "auroc", "accuracy", "dice", "mae_mm", "mae", "rmse", MetricKey.EVAL_LOSS, "loss",
 )
 _FIELDS = {f.name: f for f in dataclasses.fields(RoundRecord)}
 _DICTS = ("train", "evaluate", "central")

@@ -52,7 +52,7 @@ def test_every_report_plot_renders_from_the_run(run_dir):
         assert pixels.std() > 15, f"{name} looks blank (std {pixels.std():.1f})"
         assert f"]({name})" in text, f"{name} not embedded in report.md"
     assert "t-SNE of the `view` embeddings, coloured by site and by class." in text
-    assert "Privacy budget ε spent per site" in text
+    assert "Privacy budget ε per patient spent per site" in text
     for task in ("view", "lv_seg", "volumes"):
         assert re.search(rf"### `{task}`: .+\n\n\| subset \| n \|.*\n.*\n\| all \|.*\n\| site_0 \|.*\n\| site_1 \|", text)
     assert text.count("Bootstrap 95 % confidence intervals") == 3
