@@ -202,6 +202,8 @@ class Trainer:
             if max_steps is not None and steps >= max_steps:
                 break
         if loss_steps == 0:
+            if steps:  # DP-SGD: every Poisson batch of this epoch was empty; the noise-only steps count
+                return EpochResult(0.0, steps, 0, time.perf_counter() - start, {})
             raise ValueError("the training loader yielded no usable batch (empty split, or every item unreadable)")
         mean = float(total) / loss_steps
         if not math.isfinite(mean):

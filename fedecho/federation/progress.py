@@ -106,17 +106,21 @@ def quiet_console(log_path: str | Path, *, verbose: bool = False) -> Iterator[Pa
     terminal, old_out, old_err = sys.stdout, sys.stdout, sys.stderr
     with path.open("a", buffering=1, encoding="utf-8") as log_file:
         sink: TextIO = _Tee(log_file, terminal) if verbose else log_file
-        swapped: list[tuple[logging.StreamHandler, TextIO]] = []
+        swapped: list[tuple[logging.StreamHandler, Any]] = []
         loggers = [logging.getLogger(), *(logging.getLogger(n) for n in ("flwr", "ray"))]
         for logger in loggers:
             for handler in logger.handlers:  # every console handler, whatever stream it was made with
                 if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-                    swapped.append((handler, handler.setStream(sink)))
+                    swapped.append((handler, handler.stream))
+                    handler.stream = sink  # no flush of the old stream: it may be closed
         _terminal, sys.stdout, sys.stderr = terminal, sink, sink
         try:
             yield path
         finally:
             sys.stdout, sys.stderr, _terminal = old_out, old_err, None
             for handler, stream in swapped:
-                if stream is not None:
-                    handler.setStream(stream)
+                handler.stream = stream
+            for logger in loggers:  # handlers made during the run (Flower, Ray) would outlive the file
+                for handler in logger.handlers:
+                    if getattr(handler, "stream", None) in (sink, log_file):
+                        handler.stream = old_err

@@ -73,10 +73,7 @@ def test_dp_rounds_with_tiny_batches_survive_empty_poisson_batches(batch_size):
             else:
                 empty += 1
         privacy.reseed("adapt:view", round_, 0, trainer.global_step)
-        try:
-            trainer.train_epoch(loader)
-        except ValueError as err:  # a round whose batches were all empty: steps taken, no loss
-            assert "no usable batch" in str(err)
+        trainer.train_epoch(loader)  # a round whose batches were all empty takes its noise-only steps
     assert empty > 0 and nonempty > 0
     assert privacy.accountant.steps == trainer.global_step == 25 * len(loader)
     assert all(torch.isfinite(p).all() for p in trainer.learner.parameters())
