@@ -110,7 +110,8 @@ def quiet_console(log_path: str | Path, *, verbose: bool = False) -> Iterator[Pa
         loggers = [logging.getLogger(), *(logging.getLogger(n) for n in ("flwr", "ray"))]
         for logger in loggers:
             for handler in logger.handlers:  # every console handler, whatever stream it was made with
-                if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                if (isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+                        and all(handler is not h for h, _ in swapped)):  # a handler on two loggers: once
                     swapped.append((handler, handler.stream))
                     handler.stream = sink  # no flush of the old stream: it may be closed
         _terminal, sys.stdout, sys.stderr = terminal, sink, sink
