@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra and not getattr(args, "accepts_overrides", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.overrides = extra
+    args.argv = ["fedecho", *(sys.argv[1:] if argv is None else argv)]  # the command as typed (provenance)
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as err:

@@ -17,6 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "  fedecho simulate --list\n"
         "  fedecho simulate camus_lv_seg --size smoke           # pooled + federated arms, result row\n"
         "  fedecho simulate camus_lv_seg --size full --arms pooled,fedavg-intensity\n"
+        "  fedecho simulate camus_lv_seg_unet --size full --publish  # + simulations/results/camus_lv_seg_unet.json\n"
         "  fedecho simulate all --size smoke                     # every experiment, one summary table\n"
         "  fedecho simulate demo                                 # a conf/ config: one federated run\n"
         "  fedecho simulate federated federation.strategy.name=fedprox federation.num_sites=5",
@@ -33,6 +34,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-root", default=None, help="the dataset folder for sizes that read real data")
     parser.add_argument("--cpus", type=int, default=None, help="CPUs Ray may use (default: all)")
     parser.add_argument("--cpus-per-site", type=float, default=1.0)
+    parser.add_argument("--publish", nargs="?", const="", default=None, metavar="DIR",
+                        help="also write the results with their provenance (command, commit, CPU time, machine) "
+                        "to DIR/<experiment>[-<size>].json (default DIR: simulations/results/ of this checkout)")
     parser.add_argument("--verbose", dest="show_logs", action="store_true",
                         help="show Flower's and the sites' logs on the terminal (always in RUN_DIR/flower.log)")
     parser.set_defaults(func=_simulate, accepts_overrides=True)
@@ -57,8 +61,14 @@ def _simulate(args: argparse.Namespace) -> int:
             out = Path(args.out) / name / args.size if args.out and len(names) > 1 else args.out
             result = run_experiment(exp, args.size, out=out, data_root=args.data_root, extra=args.overrides,
                                     arms=args.arms.split(",") if args.arms else None, cpus=args.cpus,
-                                    cpus_per_site=args.cpus_per_site, first_arm=args.first_arm)
+                                    cpus_per_site=args.cpus_per_site, first_arm=args.first_arm, argv=args.argv)
             rows += result["rows"]
+            if args.publish is not None:
+                from fedecho.experiments.provenance import publish
+                from fedecho.experiments.spec import simulations_dir
+
+                dest = Path(args.publish) if args.publish else simulations_dir() / "results"
+                print(f"published: {publish(result, dest)}")
         print("\n".join(summary_table(rows)))
         if len(names) > 1:
             summary = Path(args.out or "runs/experiments") / f"summary-{args.size}.md"

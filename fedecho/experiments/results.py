@@ -227,11 +227,17 @@ def summary_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def write_results(exp: Experiment, size: str, out: Path, results: dict[str, ArmResult]) -> dict[str, Any]:
+def write_results(exp: Experiment, size: str, out: Path, results: dict[str, ArmResult], *,
+                  provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``provenance``: command, git commit, machine (fedecho.experiments.provenance), stored as is,
+    with the CPU and wall time of every arm summed."""
     rows = experiment_rows(exp, results)
     payload = {"experiment": exp.name, "size": size, "title": exp.title, "seed": exp.seed, "dataset": exp.dataset,
                "method": exp.method, "backbone": exp.backbone, "targets": [asdict(t) for t in exp.targets],
-               "rows": rows, "arms": {k: asdict(v) for k, v in results.items()}}
+               "rows": rows, "arms": {k: asdict(v) for k, v in results.items()},
+               "cpu_seconds": sum(a.cpu_seconds for a in results.values()),
+               "wall_seconds": sum(a.wall_seconds for a in results.values()),
+               "provenance": provenance or {}}
     (out / "results.json").write_text(json.dumps(payload, indent=1, default=float))
     lines = [f"# {exp.title} ({size})", "",
              f"Seed: {exp.seed}. Dataset: {exp.dataset}. Backbone: {exp.backbone}.", "", f"Method: {exp.method}", "",
@@ -240,6 +246,12 @@ def write_results(exp: Experiment, size: str, out: Path, results: dict[str, ArmR
         pub = target.published
         lines.append(f"- {target.task}: {pub.metric} {_fmt(pub.value)} — {pub.source}."
                      + (f" {pub.note}" if pub.note else ""))
+    if provenance:
+        lines += ["", f"Command: `{provenance.get('command')}` at commit {provenance.get('commit')}"
+                  + (" (with uncommitted changes)" if provenance.get("dirty") else "")
+                  + f"; CPU {payload['cpu_seconds'] / 60:.1f} min, wall {payload['wall_seconds'] / 60:.1f} min "
+                  f"(all arms); machine: {provenance.get('machine', {}).get('cpus')} CPUs, "
+                  f"GPU {provenance.get('machine', {}).get('gpu') or 'none'}."]
     lines += ["", *summary_table(rows), "",
               "Local-only: each site trains alone on its own patients (same rounds × epochs), tested on the pooled "
               "test split; mean over sites (interval: patients resampled jointly for all sites) and the worst site.",

@@ -187,11 +187,18 @@ def _export_pretrained(exp: Experiment, overrides: list[str], run_dir: Path) -> 
 
 def run_experiment(exp: Experiment, size: str = "smoke", *, out: str | Path | None = None,
                    arms: list[str] | None = None, data_root: str | None = None, extra: list[str] | None = None,
-                   cpus: int | None = None, cpus_per_site: float = 1.0, first_arm: bool = False) -> dict[str, Any]:
+                   cpus: int | None = None, cpus_per_site: float = 1.0, first_arm: bool = False,
+                   argv: list[str] | None = None) -> dict[str, Any]:
     """Run ``exp`` at ``size``; returns the results written to ``OUT/results.json`` (+ results.md).
-    ``first_arm``: only the pooled arm and the first federated arm (CI's smoke runs)."""
+    ``first_arm``: only the pooled arm and the first federated arm (CI's smoke runs). ``argv``: the
+    command recorded with the results (default: this process's command line)."""
     from fedecho.config.compose import compose_run_config
 
+    from datetime import datetime, timezone
+
+    from fedecho.experiments.provenance import provenance
+
+    started = datetime.now(timezone.utc)
     out = Path(out or Path("runs") / "experiments" / exp.name / size).resolve()
     out.mkdir(parents=True, exist_ok=True)
     init = _pretext(exp, size, out)
@@ -219,7 +226,7 @@ def run_experiment(exp: Experiment, size: str = "smoke", *, out: str | Path | No
                 info = {"partition": partition_key(compose_run_config(overrides, config_name=exp.config))}
             results[arm] = collect_arm(exp, arm, run_dir, wall_seconds=wall, coordinator_cpu=cpu, **info)
             _clinical(exp, overrides, run_dir)
-    return write_results(exp, size, out, results)
+    return write_results(exp, size, out, results, provenance=provenance(_repo_root(), started=started, argv=argv))
 
 
 def _fraction_arms(exp: Experiment, size: str, out: Path, *, data_root: str | None, extra: list[str],

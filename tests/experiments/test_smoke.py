@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+from pathlib import Path
 
 import pytest
 
 from fedecho.experiments import list_experiments, load_experiment
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+def git_head() -> str | None:
+    done = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else None
 
 
 @pytest.mark.parametrize("name", list_experiments())
@@ -24,8 +31,16 @@ def test_smoke(name, tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     exp = load_experiment(name)
     out = tmp_path / name
-    assert main(["simulate", name, "--size", "smoke", "--first-arm", "--cpus", "2", "--out", str(out)]) == 0
+    published = tmp_path / "published"
+    assert main(["simulate", name, "--size", "smoke", "--first-arm", "--cpus", "2", "--out", str(out),
+                 "--publish", str(published)]) == 0
     results = json.loads((out / "results.json").read_text())
+    # the published copy: same rows, with the command, the commit and the compute that made them
+    copy = json.loads((published / f"{name}-smoke.json").read_text())
+    assert copy["rows"] == results["rows"] and f"simulate {name} --size smoke" in copy["provenance"]["command"]
+    assert copy["provenance"]["commit"] == git_head() and copy["provenance"]["machine"]["cpus"] >= 1
+    assert copy["cpu_seconds"] == sum(arm["cpu_seconds"] for arm in results["arms"].values()) > 0
+    assert all("/" not in arm["run_dir"] for arm in copy["arms"].values())
     assert len(results["rows"]) == len(exp.targets)
     for row in results["rows"]:
         assert math.isfinite(row["pooled"]) and math.isfinite(row["federated"]), row
