@@ -5,6 +5,7 @@ working-directory change: the compose API)."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 from fedecho.config.run import RunConfig, from_dict
@@ -29,6 +30,7 @@ def conf_dir() -> Path:
 #: every message each site receives, the coordinator and the experiment runner (several times).
 _COMPOSED: dict[tuple, dict] = {}
 _COMPOSED_SIZE = 64
+_COMPOSED_LOCK = threading.Lock()  # a simulation's ServerApp composes in its own thread
 
 
 def _conf_state(folder: Path) -> tuple:
@@ -48,12 +50,14 @@ def compose_run_config(overrides: list[str], config_name: str = "train") -> RunC
     overrides = [o if o.startswith(("+", "~")) or "." not in o.split("=", 1)[0] else f"++{o}" for o in overrides]
     folder = conf_dir()
     key = (str(folder), _conf_state(folder), config_name, tuple(overrides))
-    values = _COMPOSED.get(key)
+    with _COMPOSED_LOCK:
+        values = _COMPOSED.get(key)
     if values is None:
         values = _compose(folder, config_name, overrides)
-        _COMPOSED[key] = values
-        while len(_COMPOSED) > _COMPOSED_SIZE:
-            _COMPOSED.pop(next(iter(_COMPOSED)))
+        with _COMPOSED_LOCK:
+            _COMPOSED[key] = values
+            while len(_COMPOSED) > _COMPOSED_SIZE:
+                _COMPOSED.pop(next(iter(_COMPOSED)))
     return from_dict(RunConfig, copy.deepcopy(values))
 
 
