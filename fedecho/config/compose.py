@@ -5,6 +5,7 @@ working-directory change: the compose API)."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 from fedecho.config.run import RunConfig, from_dict
@@ -24,22 +25,54 @@ def conf_dir() -> Path:
     return path
 
 
+#: Hydra's composed values by (conf folder, its YAML files' names/sizes/mtimes, config name,
+#: overrides): a compose costs ~0.1-2 s of CPU, and a simulation composes the same run config for
+#: every message each site receives, the coordinator and the experiment runner (several times).
+_COMPOSED: dict[tuple, dict] = {}
+_COMPOSED_SIZE = 64
+_COMPOSED_LOCK = threading.Lock()  # a simulation's ServerApp composes in its own thread
+
+
+def _conf_state(folder: Path) -> tuple:
+    """What a compose reads from ``folder``: every YAML file's name, size and modification time."""
+    files = sorted(folder.rglob("*.yaml"))
+    return tuple((str(f.relative_to(folder)), s.st_size, s.st_mtime_ns) for f in files for s in [f.stat()])
+
+
 def compose_run_config(overrides: list[str], config_name: str = "train") -> RunConfig:
+    """Compose ``conf/<config_name>.yaml`` with ``overrides`` and validate it. Composed values are
+    remembered per process (keyed by the conf files' sizes and times, so an edited file is read
+    again); every call returns a new RunConfig."""
+    import copy
+
+    # Dotted keys may name settings the YAML leaves at their dataclass default: add-or-override
+    # them (++); the typed schema then rejects unknown names, listing the valid ones.
+    overrides = [o if o.startswith(("+", "~")) or "." not in o.split("=", 1)[0] else f"++{o}" for o in overrides]
+    folder = conf_dir()
+    key = (str(folder), _conf_state(folder), config_name, tuple(overrides))
+    with _COMPOSED_LOCK:
+        values = _COMPOSED.get(key)
+    if values is None:
+        values = _compose(folder, config_name, overrides)
+        with _COMPOSED_LOCK:
+            _COMPOSED[key] = values
+            while len(_COMPOSED) > _COMPOSED_SIZE:
+                _COMPOSED.pop(next(iter(_COMPOSED)))
+    return from_dict(RunConfig, copy.deepcopy(values))
+
+
+def _compose(folder: Path, config_name: str, overrides: list[str]) -> dict:
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    # Dotted keys may name settings the YAML leaves at their dataclass default: add-or-override
-    # them (++); the typed schema then rejects unknown names, listing the valid ones.
-    overrides = [o if o.startswith(("+", "~")) or "." not in o.split("=", 1)[0] else f"++{o}" for o in overrides]
     try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(folder), version_base="1.3"):
             composed = compose(config_name=config_name, overrides=overrides)
-        values = OmegaConf.to_container(composed, resolve=True, throw_on_missing=True)
+        return OmegaConf.to_container(composed, resolve=True, throw_on_missing=True)
     except (HydraException, OmegaConfBaseException) as err:
         raise ValueError(f"configuration: {err}") from None
-    return from_dict(RunConfig, values)
 
 
 def run_config_from_flower(values: dict) -> tuple[RunConfig, bool]:

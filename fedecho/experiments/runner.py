@@ -248,7 +248,8 @@ def _fraction_arms(exp: Experiment, size: str, out: Path, *, data_root: str | No
             base = [*arm_base, *encoder_overrides]
             pretrains = compose_run_config(base, config_name=exp.config).federation.pretrain.rounds > 0
             init: list[str] = []
-            for fraction in exp.fractions_for(size):
+            fractions = exp.fractions_for(size)
+            for index, fraction in enumerate(fractions):
                 name = f"{encoder}-{stem}-{fraction:g}"
                 run_dir = out / name
                 overrides = [*base, *init, f"data.label_fraction={fraction}"]
@@ -256,9 +257,9 @@ def _fraction_arms(exp: Experiment, size: str, out: Path, *, data_root: str | No
                     wall, cpu = _simulate(exp, overrides, run_dir, cpus=cpus, cpus_per_site=cpus_per_site)
                     results[name] = collect_arm(exp, name, run_dir, wall_seconds=wall, coordinator_cpu=cpu,
                                                 encoder=encoder, setting=setting, fraction=fraction, site=site)
-                if pretrains and not init:
+                if pretrains and not init and index + 1 < len(fractions):
                     # The first fraction's run pretrained the encoder (all patients, no labels): the
-                    # other fractions start from it instead of pretraining again.
+                    # other fractions start from it instead of pretraining again (one fraction: none).
                     if not (run_dir / "checkpoint").is_dir():
                         _simulate(exp, overrides, run_dir, cpus=cpus, cpus_per_site=cpus_per_site)
                     init = [f"init={_export_pretrained(exp, overrides, run_dir)}", "federation.pretrain.rounds=0"]

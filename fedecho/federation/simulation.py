@@ -9,6 +9,7 @@ the README, "Simulation on a Ray cluster"); Flower's Ray backend places the site
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import Any
@@ -38,6 +39,10 @@ def simulate(experiment: str, overrides: list[str], *, cpus_per_site: float = 1.
     # Ray starts its workers (the virtual sites) at nice 15: on a shared machine they then starve
     # behind any other process (measured: a CAMUS round took 7.6x its CPU time). Sites are the work.
     os.environ.setdefault("RAY_worker_niceness", "0")
+    # Ray starts one ClientApp actor (a process importing torch and the engine) per cpus_per_site of
+    # the CPUs it is given: actors beyond the sites only cost start-up, and a site's runtime (data,
+    # model) is cached per process, so a spare actor taking the site's next message builds it again.
+    cpus = min(total_cpus or os.cpu_count() or 1, math.ceil(cfg.federation.num_sites * cpus_per_site))
     start = time.perf_counter()
     run_dir = os.path.abspath(cfg.federation.run_dir)
     log_path = os.path.join(run_dir, "flower.log")
@@ -47,7 +52,7 @@ def simulate(experiment: str, overrides: list[str], *, cpus_per_site: float = 1.
             run_simulation(
                 server_app(run_config), client_app(run_config), num_supernodes=cfg.federation.num_sites,
                 backend_config={"client_resources": {"num_cpus": cpus_per_site},
-                                "init_args": {"num_cpus": total_cpus or os.cpu_count() or 1,
+                                "init_args": {"num_cpus": cpus,
                                               "include_dashboard": False}},
             )
         except BaseException as err:

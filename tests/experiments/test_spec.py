@@ -96,3 +96,31 @@ def test_malformed_file_lists_every_problem(tmp_path):
 def test_missing_experiment_lists_the_known_ones():
     with pytest.raises(FileNotFoundError, match="known: .*camus_lv_seg"):
         load_experiment("no_such_experiment")
+
+
+def test_composed_configs_are_remembered_until_a_conf_file_changes(tmp_path, monkeypatch):
+    import shutil
+
+    from fedecho.config import compose
+
+    conf = tmp_path / "conf"
+    shutil.copytree(compose.conf_dir(), conf)
+    monkeypatch.setenv("FEDECHO_CONF", str(conf))
+    calls = []
+    real = compose._compose
+    monkeypatch.setattr(compose, "_compose", lambda *a: calls.append(a) or real(*a))
+    first = compose_run_config(["train.lr=0.01"], "federated")
+    second = compose_run_config(["train.lr=0.01"], "federated")
+    assert len(calls) == 1 and first == second and first is not second and first.train is not second.train
+    second.train.lr = 1.0  # a caller's changes stay its own
+    assert compose_run_config(["train.lr=0.01"], "federated").train.lr == 0.01 and len(calls) == 1
+    assert compose_run_config(["train.lr=0.02"], "federated").train.lr == 0.02 and len(calls) == 2
+    yaml = conf / "federated.yaml"
+    yaml.write_text(yaml.read_text() + "\n# edited\n")
+    compose_run_config(["train.lr=0.01"], "federated")
+    assert len(calls) == 3  # an edited conf file is composed again
+    for _ in range(2):  # errors are raised on every call
+        with pytest.raises(ValueError, match="no_such_key"):
+            compose_run_config(["train.no_such_key=1"], "federated")
+        with pytest.raises(ValueError, match="configuration"):
+            compose_run_config(["model=no_such_model"], "federated")

@@ -138,6 +138,10 @@ def test_prediction_cis_estimates_equal_scikit_learn_and_the_report_shows_them(t
     for intervals in (view, seg, lvh):
         for estimate, low, high in intervals.values():
             assert low <= estimate <= high and low < high
+    # accuracy resamples are per-item hit means: the interval is scikit-learn's on the same draws
+    patients = load_predictions(folder / "view.npz")["patients"]
+    assert view["accuracy"] == bootstrap_ci(np.arange(len(targets)), groups=patients, n_boot=300,
+                                            statistic=lambda i: accuracy_score(targets[i], predicted[i]))
 
     RunHistory(tmp_path / "history.json", records=[RoundRecord(phase="adapt:view", round=1)]).save()
     text = write_report(tmp_path).read_text()
