@@ -9,7 +9,8 @@ DALI's "decode once, read compact samples"). Each entry is one folder::
 
     <cache_dir>/<format>/<key[:2]>/<key>/frames.npy     uint8 (T, h, w) or (h, w)
                                          label.<name>.npy  label maps at (h, w) (uint8 when they fit)
-                                         meta.json       the other labels, spacing, fps (JSON)
+                                         meta.json       the other labels, spacing, fps, and the
+                                                         values each label map holds (JSON)
 
 Why memory-mapped ``.npy`` and not zarr / webdataset shards: a training sample needs random
 access to a few frames of one item, in any order, from several worker processes; one uncompressed
@@ -21,6 +22,10 @@ labels and, for every file of the record, its path, size, modification time (ns)
 fingerprint of its content (BLAKE2 of the first and last 64 KiB): a file replaced or edited in
 place gets a new key and is decoded again (the stale entry stays until ``fedecho data
 cache-clear``). The key is computed once per record per process.
+
+**Label values.** When an entry is written, the values of each label map (per frame for a
+(K, H, W) stack) are stored with it and served as :attr:`Sample.label_values`, so a task checks a
+mask's labels without scanning its pixels on every read (see ``LVSegmentationTask.make_example``).
 
 **Errors.** A record that fails to decode raises the reader's
 :class:`~fedecho.data.errors.EchoDataError` on every load, exactly as without the cache (nothing
@@ -50,12 +55,12 @@ import numpy as np
 
 from fedecho.data.schema import ItemRecord, Sample
 
-__all__ = ["CACHE_VERSION", "DecodedCache", "clear_cache", "default_cache_dir", "resize_sample"]
+__all__ = ["CACHE_VERSION", "DecodedCache", "clear_cache", "default_cache_dir", "map_values", "resize_sample"]
 
 log = logging.getLogger(__name__)
 
 #: Bump when the stored layout or the resizing changes: old entries are then never read.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: label-map values stored in meta.json
 _FINGERPRINT_BYTES = 64 * 1024
 _ARRAY_TAG = "__ndarray__"
 
@@ -188,6 +193,16 @@ def resize_sample(sample: Sample, size: tuple[int, int] | None) -> tuple[np.ndar
     return frames, maps, meta
 
 
+def map_values(array: np.ndarray) -> list[int] | list[list[int]] | None:
+    """The sorted values of an integer label map (H, W), per frame for a stack (K, H, W); None
+    for other ranks (not stored)."""
+    if array.ndim == 2:
+        return [int(v) for v in np.unique(array)]
+    if array.ndim == 3:
+        return [[int(v) for v in np.unique(frame)] for frame in array]
+    return None
+
+
 def _to_json(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return {_ARRAY_TAG: value.tolist(), "dtype": value.dtype.str}
@@ -293,6 +308,8 @@ class DecodedCache:
             for name, array in maps.items():
                 np.save(tmp / f"label.{name}.npy", array, allow_pickle=False)
             meta["maps"] = sorted(maps)
+            meta["values"] = {name: values for name, array in maps.items()
+                              if (values := map_values(array)) is not None}
             (tmp / "meta.json").write_text(json.dumps(_to_json(meta)))
             log.debug("decoded %s into the cache (%s)", record.item_id, entry.name[:12])
             try:
@@ -313,4 +330,4 @@ class DecodedCache:
         spacing = tuple(meta["spacing"]) if meta["spacing"] is not None else None
         return Sample(source=record.source, patient_id=record.patient_id, study_id=record.study_id,
                       item_id=record.item_id, frames=frames, spacing=spacing, fps=meta["fps"], labels=labels,
-                      path=record.path, split=record.split)
+                      path=record.path, split=record.split, label_values=meta.get("values", {}))
