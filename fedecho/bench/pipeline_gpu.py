@@ -103,17 +103,40 @@ def _loader(cfg, case: GpuCase):
     return task_loaders(cfg, site, learner.task, splits=("train",))["train"], learner
 
 
-def _epoch_rate(loader, epoch: int, min_samples: int = 0) -> float:
-    """Samples/s of whole passes over ``loader`` (epochs ``epoch``, ``epoch + 1``, ... until at least
-    ``min_samples``)."""
+def _worker_cpu_seconds(loader) -> float:
+    """CPU seconds (user + system) used so far by ``loader``'s persistent worker processes."""
+    workers = getattr(getattr(loader, "_iterator", None), "_workers", None) or []
+    total = 0.0
+    for worker in workers:
+        try:
+            fields = Path(f"/proc/{worker.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    return total
+
+
+def _epoch_rates(loader, epoch: int, min_samples: int = 0) -> tuple[float, float]:
+    """(samples/s wall clock, samples per CPU-second of this process and the loader's workers) of
+    whole passes over ``loader`` (epochs ``epoch``, ``epoch + 1``, ... until at least
+    ``min_samples``). The second barely depends on what else the machine runs: on idle cores the
+    loader reaches about (cores × samples per CPU-second), as long as its processes keep them busy."""
     start, samples = time.perf_counter(), 0
+    cpu_start = time.process_time() + _worker_cpu_seconds(loader)
     while True:
         loader.dataset.set_epoch(epoch)
         for batch in loader:
             samples += int(next(v for k, v in batch.items() if k != "num_skipped" and hasattr(v, "shape")).shape[0])
         epoch += 1
         if samples >= min_samples:
-            return samples / (time.perf_counter() - start)
+            wall = time.perf_counter() - start
+            cpu = time.process_time() + _worker_cpu_seconds(loader) - cpu_start
+            return samples / wall, samples / max(cpu, 1e-9)
+
+
+def _epoch_rate(loader, epoch: int, min_samples: int = 0) -> float:
+    """Samples/s of whole passes over ``loader`` (see :func:`_epoch_rates`)."""
+    return _epoch_rates(loader, epoch, min_samples)[0]
 
 
 def _gpu_rate(cfg, learner, loader, tflops: float) -> tuple[float, str, float]:
@@ -199,7 +222,10 @@ def _profile(cfg, case: GpuCase, dataset, n: int) -> dict[str, dict[str, float]]
 
 
 def _measure(case: GpuCase, root: str, reps: int, tmp: Path) -> list[Row]:
+    import numpy as np
+
     tflops = float(os.environ.get("FEDECHO_GPU_TFLOPS", DEFAULT_GPU_TFLOPS))
+    load_start = round(os.getloadavg()[0], 2)
     workers = usable_cores()
     cache_dir = tmp / "cache"
     cfg = _config(case, root, cache_dir, augment_on="device", num_workers=workers)
@@ -210,7 +236,14 @@ def _measure(case: GpuCase, root: str, reps: int, tmp: Path) -> list[Row]:
     cpu_cfg = _config(case, root, cache_dir, augment_on="loader", num_workers=workers)
     cpu_loader, _ = _loader(cpu_cfg, case)
     epochs = iter(range(2, 10**6, 1))
-    rates = interleave({"cached": lambda: _epoch_rate(loader, next(epochs), min_samples),
+    per_cpu_s: list[float] = []
+
+    def cached_side() -> float:
+        wall, per_cpu = _epoch_rates(loader, next(epochs), min_samples)
+        per_cpu_s.append(per_cpu)
+        return wall
+
+    rates = interleave({"cached": cached_side,
                         "cached_cpu_augmentation": lambda: _epoch_rate(cpu_loader, next(epochs), min_samples)}, reps)
     old_cfg = _config(case, root, cache_dir, cache=False, augment_on="loader", num_workers=0)
     old_loader, _ = _loader(old_cfg, case)
@@ -228,6 +261,10 @@ def _measure(case: GpuCase, root: str, reps: int, tmp: Path) -> list[Row]:
         "before_no_cache_cpu_augmentation_workers_0": round(before, 1),
         "gpu_rate": round(gpu, 1), "gpu_rate_from": how, "training_gflop_per_sample": round(gflop, 2),
         "coverage_cached_over_gpu": float(f"{cached.median / gpu:.4g}"), "workers": workers, "train_items": n,
+        # load-robust: samples per CPU-second of the main process + workers, and that × the cores
+        "cached_per_cpu_second": summarize(per_cpu_s[-reps:]).as_dict(),
+        "cached_cpu_bound_rate": round(usable_cores() * float(np.median(per_cpu_s[-reps:])), 1),
+        "load_average_1min": {"start": load_start, "end": round(os.getloadavg()[0], 2)},
         "profile_ms_per_sample": profile["wall"], "profile_cpu_ms_per_sample": profile["cpu"],
     }
     loader_cpu = sum(v for k, v in profile["cpu"].items()

@@ -9,7 +9,8 @@ DALI's "decode once, read compact samples"). Each entry is one folder::
 
     <cache_dir>/<format>/<key[:2]>/<key>/frames.npy     uint8 (T, h, w) or (h, w)
                                          label.<name>.npy  label maps at (h, w) (uint8 when they fit)
-                                         meta.json       the other labels, spacing, fps (JSON)
+                                         meta.json       the other labels, spacing, fps, and the
+                                                         values each label map holds (JSON)
 
 Why memory-mapped ``.npy`` and not zarr / webdataset shards: a training sample needs random
 access to a few frames of one item, in any order, from several worker processes; one uncompressed
@@ -21,6 +22,10 @@ labels and, for every file of the record, its path, size, modification time (ns)
 fingerprint of its content (BLAKE2 of the first and last 64 KiB): a file replaced or edited in
 place gets a new key and is decoded again (the stale entry stays until ``fedecho data
 cache-clear``). The key is computed once per record per process.
+
+**Label values.** When an entry is written, the values of each label map (per frame for a
+(K, H, W) stack) are stored with it and served as :attr:`Sample.label_values`, so a task checks a
+mask's labels without scanning its pixels on every read (see ``LVSegmentationTask.make_example``).
 
 **Errors.** A record that fails to decode raises the reader's
 :class:`~fedecho.data.errors.EchoDataError` on every load, exactly as without the cache (nothing
@@ -37,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -50,12 +56,12 @@ import numpy as np
 
 from fedecho.data.schema import ItemRecord, Sample
 
-__all__ = ["CACHE_VERSION", "DecodedCache", "clear_cache", "default_cache_dir", "resize_sample"]
+__all__ = ["CACHE_VERSION", "DecodedCache", "clear_cache", "default_cache_dir", "map_values", "resize_sample"]
 
 log = logging.getLogger(__name__)
 
 #: Bump when the stored layout or the resizing changes: old entries are then never read.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: label-map values stored in meta.json
 _FINGERPRINT_BYTES = 64 * 1024
 _ARRAY_TAG = "__ndarray__"
 
@@ -188,6 +194,16 @@ def resize_sample(sample: Sample, size: tuple[int, int] | None) -> tuple[np.ndar
     return frames, maps, meta
 
 
+def map_values(array: np.ndarray) -> list[int] | list[list[int]] | None:
+    """The sorted values of an integer label map (H, W), per frame for a stack (K, H, W); None
+    for other ranks (not stored)."""
+    if array.ndim == 2:
+        return [int(v) for v in np.unique(array)]
+    if array.ndim == 3:
+        return [[int(v) for v in np.unique(frame)] for frame in array]
+    return None
+
+
 def _to_json(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return {_ARRAY_TAG: value.tolist(), "dtype": value.dtype.str}
@@ -210,6 +226,28 @@ def _from_json(value: Any) -> Any:
     return value
 
 
+#: arrays up to this size are read into memory when an entry is reopened; larger ones are mapped
+_READ_BYTES = 256 * 1024
+
+
+def _reopen(path: Path, offset: int, dtype: np.dtype, shape: tuple[int, ...], order: str) -> np.ndarray:
+    """A read-only array stored at ``offset`` of the ``.npy`` file ``path`` (header already known):
+    small C-order arrays are read with one system call (a 256² CAMUS frame: ~20 µs, no file
+    descriptor held), others memory-mapped."""
+    size = math.prod(shape) * dtype.itemsize
+    if order != "C" or size > _READ_BYTES:
+        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order=order)
+    out = np.empty(shape, dtype)
+    with open(path, "rb", buffering=0) as handle:
+        handle.seek(offset)
+        read = handle.readinto(memoryview(out).cast("B")) if size else 0
+    if read != size:
+        raise OSError(f"decoded cache file {path} holds {read} of {size} bytes; clear the cache "
+                      f"(fedecho data cache-clear)")
+    out.flags.writeable = False
+    return out
+
+
 class DecodedCache:
     """An :class:`EchoReader` stand-in that serves records from the decoded cache (see the module
     docstring). ``size`` (H, W) is the training resolution; None keeps the native one.
@@ -227,6 +265,8 @@ class DecodedCache:
         self.misses = 0
         self._keys: dict[tuple, str] = {}
         self._open: OrderedDict[str, Sample] = OrderedDict()
+        self._layouts: dict[str, tuple[dict[str, Any], dict[str, tuple]]] = {}
+        self._entries: dict[str, Path] = {}
 
     # reader attributes (format, root, on_error, ...) pass through
     def __getattr__(self, name: str) -> Any:
@@ -261,20 +301,28 @@ class DecodedCache:
     def load(self, record: ItemRecord) -> Sample:
         """The record's sample from the cache, decoding and storing it first on a miss.
 
-        Frames and label maps are read-only memory maps; the reader's errors propagate.
+        Frames and label maps are read-only arrays (memory maps, or small arrays read into memory
+        when an entry is reopened); the reader's errors propagate.
         """
         key = self.key(record)
         if key in self._open:
             self._open.move_to_end(key)
             self.hits += 1
             return self._open[key]
-        entry = self.entry(record)
-        if (entry / "meta.json").is_file():
+        entry = self._entries.get(key) or self.entry(record)
+        if key in self._layouts or (entry / "meta.json").is_file():  # opened before in this process
             self.hits += 1
         else:
             self._store(record, entry)
             self.misses += 1
-        sample = self._read(record, entry)
+        try:
+            sample = self._read(record, entry, key)
+        except FileNotFoundError:  # the entry was cleared since this process opened it
+            if self._layouts.pop(key, None) is None:
+                raise
+            self._store(record, entry)
+            self.hits, self.misses = self.hits - 1, self.misses + 1
+            sample = self._read(record, entry, key)
         self._open[key] = sample
         while len(self._open) > self.max_open:
             self._open.popitem(last=False)
@@ -293,6 +341,8 @@ class DecodedCache:
             for name, array in maps.items():
                 np.save(tmp / f"label.{name}.npy", array, allow_pickle=False)
             meta["maps"] = sorted(maps)
+            meta["values"] = {name: values for name, array in maps.items()
+                              if (values := map_values(array)) is not None}
             (tmp / "meta.json").write_text(json.dumps(_to_json(meta)))
             log.debug("decoded %s into the cache (%s)", record.item_id, entry.name[:12])
             try:
@@ -303,14 +353,35 @@ class DecodedCache:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def _read(self, record: ItemRecord, entry: Path) -> Sample:
+    def _map(self, key: str, entry: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """(meta, read-only memory maps by name: ``frames`` and each label map) of an entry.
+
+        The first open in a process parses ``meta.json`` and the ``.npy`` headers and keeps them
+        (a few hundred bytes per entry); reopening an entry the LRU of open samples dropped then
+        maps its files at the known offsets, with no JSON or header parsing (the two were most of
+        a sample's cost on sites with more items than ``max_open``)."""
+        layout = self._layouts.get(key)
+        if layout is not None:
+            meta, headers = layout
+            return meta, {name: _reopen(entry / file, offset, dtype, shape, order)
+                          for name, (file, offset, dtype, shape, order) in headers.items()}
         meta = _from_json(json.loads((entry / "meta.json").read_text()))
+        files = {"frames": "frames.npy", **{name: f"label.{name}.npy" for name in meta["maps"]}}
+        arrays = {name: np.load(entry / file, mmap_mode="r", allow_pickle=False) for name, file in files.items()}
+        self._entries[key] = entry
+        self._layouts[key] = (meta, {
+            name: (files[name], a.offset, a.dtype, a.shape, "C" if a.flags.c_contiguous else "F")
+            for name, a in arrays.items()})
+        return meta, arrays
+
+    def _read(self, record: ItemRecord, entry: Path, key: str) -> Sample:
+        meta, arrays = self._map(key, entry)
         labels = dict(record.labels)
         labels.update(meta["labels"])
         for name in meta["maps"]:
-            labels[name] = np.load(entry / f"label.{name}.npy", mmap_mode="r", allow_pickle=False)
-        frames = np.load(entry / "frames.npy", mmap_mode="r", allow_pickle=False)
+            labels[name] = arrays[name]
+        frames = arrays["frames"]
         spacing = tuple(meta["spacing"]) if meta["spacing"] is not None else None
         return Sample(source=record.source, patient_id=record.patient_id, study_id=record.study_id,
                       item_id=record.item_id, frames=frames, spacing=spacing, fps=meta["fps"], labels=labels,
-                      path=record.path, split=record.split)
+                      path=record.path, split=record.split, label_values=meta.get("values", {}))

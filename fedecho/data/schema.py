@@ -90,6 +90,10 @@ class Sample:
 
     ``frames`` is grayscale: (T, H, W) for a video, (H, W) for a single image; uint8 unless the
     source is float. ``spacing`` is millimetres per pixel as (row, column), ``None`` if unknown.
+    ``label_values`` may give, for an integer label map in ``labels``, the values it holds (sorted
+    ints; per frame, a list of those, for a (K, H, W) stack), so that consumers need not scan the
+    pixels again; the decoded cache fills it (computed once when the entry is written). A key
+    that is absent means "not known".
     """
 
     source: str
@@ -102,6 +106,7 @@ class Sample:
     labels: dict[str, Any] = field(default_factory=dict)
     path: str = ""
     split: str | None = None
+    label_values: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_video(self) -> bool:

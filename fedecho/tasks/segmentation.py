@@ -93,6 +93,7 @@ class LVSegmentationTask(Task):
         self.lut = np.zeros(256, dtype=np.int64)
         for index, name in enumerate(names, start=1):
             self.lut[_FOREGROUND[name]] = index
+        self._lut_uint8 = self.lut.astype(np.uint8)  # class indices < 256
 
     @property
     def num_classes(self) -> int:
@@ -112,6 +113,7 @@ class LVSegmentationTask(Task):
         if mask is None:
             raise EchoDataError.at(sample.path, f"{sample.item_id} has no {self.label_key!r} mask")
         mask = np.asarray(mask)
+        known = sample.label_values.get(self.label_key)  # from the decoded cache: no pixel scan
         frame = None
         if mask.ndim == 3:
             k = int(rng.integers(len(mask))) if key is None else int(key)
@@ -122,6 +124,7 @@ class LVSegmentationTask(Task):
                     f"{mask_frames!r} (example {k})"
                 )
             mask, frame = mask[k], int(mask_frames[k])
+            known = known[k] if known is not None and len(known) == len(mask_frames) else None
         elif mask.ndim != 2:
             raise EchoDataError.at(sample.path, f"mask has shape {mask.shape}; expected (H, W) or (K, H, W)")
         elif sample.is_video:
@@ -131,11 +134,18 @@ class LVSegmentationTask(Task):
             raise EchoDataError.at(
                 sample.path, f"mask shape {mask.shape} differs from frame shape {sample.frames.shape[-2:]}"
             )
-        values = np.unique(mask)
-        if values.min() < 0 or values.max() > 255 or not set(values.tolist()) <= set(MASK_LABELS):
-            raise EchoDataError.at(
-                sample.path, f"mask has labels {set(values.tolist())}; expected a subset of {set(MASK_LABELS)}"
-            )
+        values = set(np.unique(mask).tolist() if known is None else known)
+        if not values <= set(MASK_LABELS):
+            raise EchoDataError.at(sample.path, f"mask has labels {values}; expected a subset of {set(MASK_LABELS)}")
+        if image.dtype == np.uint8 and mask.dtype == np.uint8:
+            # a uint8 example (keep_uint8, device augmentation): a uint8 mask, as the loader ships it
+            if all(self.lut[v] == v for v in values):
+                mapped = mask  # the label map leaves every value present unchanged
+            else:
+                mapped = self._lut_uint8[mask]
+            if mapped.shape != tuple(self.cfg.image_size):
+                mapped = resize_mask(mapped, self.cfg.image_size).astype(np.uint8)
+            return {"image": image, "mask": mapped, **self.id_fields(sample)}
         mapped = self.lut[mask.astype(np.int64)]
         return {"image": image, "mask": resize_mask(mapped, self.cfg.image_size), **self.id_fields(sample)}
 

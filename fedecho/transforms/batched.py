@@ -27,6 +27,7 @@ Supported presets: any :class:`~fedecho.transforms.compose.Compose` of, in this 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -65,40 +66,66 @@ def _stage(t: Transform) -> int:
     raise ValueError(f"device-side augmentation does not support {t!r}; set train.augment_on=loader")
 
 
-def sample_params(transform: Compose, canvas: tuple[int, int], generator: RandomGenerator) -> np.ndarray:
-    """Draw the parameters ``transform`` (a supported preset) would draw for an example whose
-    spatial size is ``canvas`` (H, W), from ``generator``, in the same order; return the vector."""
-    h, w = int(canvas[0]), int(canvas[1])
-    out = np.zeros(NUM_PARAMS, np.float64)
-    out[[3, 4, 7, 8, 10, 11, 13]] = [h, w, 1.0, 1.0, h, w, 1.0]
-    last = -1
-    for t in transform.transforms:
-        stage = _stage(t)
-        if stage <= last:
+class _Shape:
+    """Stands in for an example's pixel array where a transform's ``sample`` reads only its shape
+    (no (1, H, W) buffer is allocated per draw)."""
+
+    __slots__ = ("shape",)
+
+    def __init__(self, h: int, w: int) -> None:
+        self.shape = (1, h, w)
+
+
+#: transform -> its checked stages, so a preset's order is checked once, not on every draw
+_PLANS: weakref.WeakKeyDictionary[Compose, tuple[tuple[int, Transform], ...]] = weakref.WeakKeyDictionary()
+
+
+def _plan(transform: Compose) -> tuple[tuple[int, Transform], ...]:
+    plan = _PLANS.get(transform)
+    if plan is None or len(plan) != len(transform.transforms) or any(
+            t is not p for (_, p), t in zip(plan, transform.transforms, strict=True)):
+        stages = [_stage(t) for t in transform.transforms]
+        if any(b <= a for a, b in zip(stages, stages[1:], strict=False)):
             raise ValueError(f"device-side augmentation needs the order pad, rotation, crop/resize, flip, "
                              f"jitter, normalise; got {transform!r}; set train.augment_on=loader")
-        last = stage
-        shape_only = {"image": np.empty((1, h, w), np.float32)}
-        if isinstance(t, PadToSquare):
+        plan = tuple(zip(stages, transform.transforms, strict=True))
+        _PLANS[transform] = plan
+    return plan
+
+
+def sample_params(transform: Compose, canvas: tuple[int, int], generator: RandomGenerator) -> np.ndarray:
+    """Draw the parameters ``transform`` (a supported preset) would draw for an example whose
+    spatial size is ``canvas`` (H, W), from ``generator``, in the same order; return the vector.
+
+    The draws are the transforms' own ``sample`` calls, in the preset's order (so the same as the
+    CPU path's); the preset's order is checked on its first use."""
+    h, w = int(canvas[0]), int(canvas[1])
+    out = [0.0, 0.0, 0.0, h, w, 0.0, 0.0, 1.0, 1.0, 0.0, h, w, 0.0, 1.0, 0.0]
+    shape_only = {"image": _Shape(h, w)}
+    for stage, t in _plan(transform):
+        if stage == 0:  # PadToSquare
             h = w = max(h, w)
-            out[[3, 4, 10, 11, 14]] = [h, w, h, w, 1.0]
-        elif isinstance(t, RandomRotation):
+            out[3] = out[4] = out[10] = out[11] = h
+            out[14] = 1.0
+            shape_only = {"image": _Shape(h, w)}
+        elif stage == 1:  # RandomRotation
             out[0] = t.sample(shape_only, generator)
-        elif isinstance(t, RandomResizedCrop | Resize):
+        elif stage == 2:  # RandomResizedCrop | Resize
             box = t.sample(shape_only, generator) if isinstance(t, RandomResizedCrop) else CropBox(0, 0, h, w)
             h, w = t.size
             out[1:5] = [box.top, box.left, box.height, box.width]
             out[10:12] = [h, w]
-        elif isinstance(t, RandomHorizontalFlip):
+            shape_only = {"image": _Shape(h, w)}
+        elif stage == 3:  # RandomHorizontalFlip
             out[5] = float(t.sample(shape_only, generator))
-        elif isinstance(t, RandomApply):
+        elif stage == 4:  # RandomApply(RandomColorJitter)
             params = t.sample(shape_only, generator)
             if params is not None:
                 jitter: ColorJitterParams = params[0]
                 out[6:10] = [1.0, jitter.brightness, jitter.contrast, float(jitter.brightness_first)]
-        elif isinstance(t, Normalize):
+        else:  # Normalize
             out[12:14] = [t.mean, t.std]
-    return out
+    return np.array(out, np.float64)
 
 
 def _translate(tx: np.ndarray, ty: np.ndarray) -> np.ndarray:

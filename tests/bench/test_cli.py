@@ -66,3 +66,6 @@ def test_quick_pipeline_gpu_reports_cold_cached_before_and_gpu_rates(tmp_path):
         assert {"before: decode", "after: cache read", "after: batched augmentation (this CPU)"} <= set(
             d["profile_ms_per_sample"]) and d["profile_ms_per_sample"].keys() == d["profile_cpu_ms_per_sample"].keys()
         assert d["cpu_bound_rate_on_idle_cores"]["after"] > 0
+        # load-robust rate: samples per CPU-second of the main process and its workers
+        assert d["cached_per_cpu_second"]["median"] > 0 and d["cached_cpu_bound_rate"] > 0
+        assert set(d["load_average_1min"]) == {"start", "end"}

@@ -173,3 +173,20 @@ def test_persistent_workers_see_each_new_epoch(echonet, tmp_path):
     serial, persistent = epochs(0), epochs(1)
     assert all(torch.equal(a, b) for a, b in zip(serial, persistent, strict=True))  # the same draws per epoch
     assert not torch.equal(persistent[0], persistent[1])  # epoch 2 draws new clips in the worker
+
+
+def test_reopened_entries_read_the_same_arrays_and_a_cleared_entry_is_decoded_again(camus_src, tmp_path):
+    reader = open_reader("camus", camus_src)
+    records = [r for r in _records(reader) if "mask" in r.files]
+    cache = DecodedCache(reader, tmp_path / "cache", SIZE, max_open=1)  # every other load reopens
+    first = [cache.load(r) for r in records]
+    again = [cache.load(r) for r in records]  # reopened from the known layout, no header parsing
+    assert cache.misses == len(records) and cache.hits == len(records)
+    for a, b in zip(first, again, strict=True):
+        assert isinstance(a.frames, np.memmap) and not b.frames.flags.writeable
+        assert np.array_equal(a.frames, b.frames) and np.array_equal(a.labels["mask"], b.labels["mask"])
+        assert a.labels["mask"].dtype == b.labels["mask"].dtype and a.label_values == b.label_values
+    clear_cache(tmp_path / "cache")
+    cache.load(records[1])  # not open: its files are gone, so it is decoded and stored again
+    third = cache.load(records[0])
+    assert cache.misses == len(records) + 2 and np.array_equal(third.frames, first[0].frames)
