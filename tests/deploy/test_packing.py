@@ -87,7 +87,8 @@ def _packed_bytes(header: object, payload: bytes = b"", magic: bytes = MAGIC) ->
     (_packed_bytes({"a": 1}), "the header is not a list"),
     (_packed_bytes([["a", "float32", [2], "numpy.ndarray"]]), "header entry 0 is not"),
     (_packed_bytes([["a", "float32", [-1], "numpy.ndarray", 0]]), "shape [-1] is not"),
-    (_packed_bytes([["a", "float32", [2], "numpy.ndarray", 8]], b"1234"), "the arrays claim 8 bytes, the buffer holds 4"),
+    (_packed_bytes([["a", "float32", [2], "numpy.ndarray", 8]], b"1234"),
+     "the arrays claim 8 bytes, the buffer holds 4"),
     (_packed_bytes([["a", "float32", [1], "numpy.ndarray", 2], ["a", "float32", [1], "numpy.ndarray", 2]], b"1234"),
      "an array name appears twice"),
     (ArrayRecord({"packed": Array(dtype="bytes", shape=(12,), stype=PACKED_STYPE,
@@ -127,7 +128,8 @@ def test_the_prompt_grid_packs_what_it_sends_and_unpacks_replies():
     assert len(replies) == 1 and list(replies[0].content.array_records["arrays"]) == list(arrays)
 
     broken = RecordDict({"arrays": _packed_bytes([["a", "float32", [2], "numpy.ndarray", 8]], b"1234")})
-    replies = list(PromptGrid(_RecordingGrid(broken)).send_and_receive([_message(arrays)], timeout=5))  # type: ignore[arg-type]
+    grid = PromptGrid(_RecordingGrid(broken))  # type: ignore[arg-type]
+    replies = list(grid.send_and_receive([_message(arrays)], timeout=5))
     assert len(replies) == 1 and replies[0].has_error()
     assert replies[0].metadata.src_node_id == 7 and replies[0].metadata.reply_to_message_id == "m0"
     assert "the site's reply is malformed" in replies[0].error.reason
