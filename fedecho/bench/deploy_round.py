@@ -18,7 +18,9 @@ them from its SuperNode; the worker claims the task before the upload ends, so t
 Flower's transfer), ``app_s`` (the ClientApp: training or evaluation), ``push_s`` (the reply to
 the SuperNode), each summed over the round's train and evaluate messages of the slower site;
 ``coordinator_s`` is the rest of the round (the reply's way SuperNode -> SuperLink ->
-coordinator, validation, aggregation, checkpoint).
+coordinator, validation, aggregation, checkpoint). ``objects_per_message``: the most Flower objects
+a train message or its reply travelled as (each is one HTTP call at every hop; the tensors travel
+packed, see fedecho.deploy.packing).
 
 Full mode also measures the old path once: the same sites with Flower's stock per-message
 ``flwr-clientapp`` process (``--isolation subprocess``), the "before" number.
@@ -202,7 +204,10 @@ def run(options: BenchOptions) -> list[Row]:
                     run_id = json.loads((run_dir / "submission.json").read_text())["run_ids"][-1]
                     records = {site: [r for r in read_worker_log(root / "state_warm" / site) if r["run"] == run_id]
                                for site in SITES}
-                    breakdowns.append(round_breakdown(records, seconds))
+                    objects = [max(r.get("objects_in", 0), r.get("objects_out", 0))
+                               for site_records in records.values() for r in site_records if r.get("type") == "train"]
+                    breakdowns.append({**round_breakdown(records, seconds),
+                                       "objects_per_message": max(objects, default=0)})
             pids = {site: sorted({r["pid"] for r in read_worker_log(root / "state_warm" / site)}) for site in SITES}
             federation.stop(warm_sites)
             ratios = [d / s for d, s in zip(deployed, simulated, strict=True)]
@@ -218,7 +223,8 @@ def run(options: BenchOptions) -> list[Row]:
                       f"{last['pull_s']} s, "
                       f"app {last['app_s']} s, reply to the SuperNode {last['push_s']} s, reply to the coordinator "
                       f"+ aggregation {last['coordinator_s']} s "
-                      f"(slower site, train + evaluate); one worker process per site: {pids}")))
+                      f"(slower site, train + evaluate); at most {last['objects_per_message']} Flower objects per "
+                      f"train message or reply; one worker process per site: {pids}")))
             if not options.quick:
                 stock_sites = federation.start_sites(superlink, warm=False, tag="stock")
                 stock = _adapt_seconds(federation.run("stock"))

@@ -3,14 +3,21 @@
 Flower 1.41's deployment Grid (``HttpGrid.send_and_receive``) pushes a round's messages and then
 looks for replies every 3 s, so every exchange with the sites costs a multiple of 3 s even when
 the sites answer in one (a round has two: train and evaluate). :class:`PromptGrid` wraps any
-Grid and overrides only ``send_and_receive``: the same push and pull calls, with the pull interval
-starting at 50 ms and growing to 1 s while the sites work. Everything else is the wrapped Grid's.
+Grid and overrides ``send_and_receive``: the same push and pull calls, with the pull interval
+starting at 50 ms and growing to 0.25 s while the sites work (each look is one small call to the
+SuperLink on the coordinator's own machine).
 
 Flower also fetches a message's objects (its tensors) with retries 1 s, 2 s, 4 s ... apart when
 they are not uploaded yet, which is the rule when the receiver is prompt: the sender announces a
 message before uploading its objects. :func:`fast_object_pulls` makes one Flower module retry
 after 50 ms, growing to 0.5 s; it is applied to the coordinator's Grid (here) and to the
 SuperNode's loop (fedecho.deploy.supernode).
+
+The PromptGrid also packs every ArrayRecord it sends into one Array and unpacks the replies'
+(:mod:`fedecho.deploy.packing`): a message then travels as ~6 objects instead of one per tensor
+and chunk (~56 for a 26-tensor adapter), at every hop. A reply whose packed bytes do not add up is
+handed on as an error reply from its site (code ``MESSAGE_UNAVAILABLE``), not raised: one bad site
+does not fail the round. Everything else is the wrapped Grid's.
 """
 
 from __future__ import annotations
@@ -20,8 +27,12 @@ import time
 from collections.abc import Iterable
 from types import ModuleType
 
-from flwr.app import Message
+from flwr.app import Error, Message
+from flwr.app.message import make_message
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
+
+from fedecho.deploy.packing import PackedRecordError, pack_message, unpack_message
 
 __all__ = ["PromptGrid", "fast_object_pulls", "prompt"]
 
@@ -51,20 +62,28 @@ def prompt(grid: Grid) -> Grid:
     return PromptGrid(grid)
 
 
+def _unpacked(reply: Message) -> Message:
+    try:
+        return unpack_message(reply)[0]
+    except PackedRecordError as err:
+        return make_message(metadata=reply.metadata, error=Error(ErrorCode.MESSAGE_UNAVAILABLE,
+                                                                 f"the site's reply is malformed: {err}"))
+
+
 class PromptGrid(Grid):
     """``grid`` with a prompter ``send_and_receive`` (see the module doc)."""
 
-    def __init__(self, grid: Grid, *, first_poll_s: float = 0.05, max_poll_s: float = 1.0) -> None:
+    def __init__(self, grid: Grid, *, first_poll_s: float = 0.05, max_poll_s: float = 0.25) -> None:
         self._grid = grid
         self.first_poll_s, self.max_poll_s = first_poll_s, max_poll_s
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        pending = set(self._grid.push_messages(messages))
+        pending = set(self.push_messages(messages))
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
         poll = self.first_poll_s
         while pending:
-            arrived = list(self._grid.pull_messages(pending))
+            arrived = list(self.pull_messages(pending))
             replies.extend(arrived)
             pending.difference_update(m.metadata.reply_to_message_id for m in arrived)
             if not pending or (deadline is not None and time.monotonic() >= deadline):
@@ -91,10 +110,14 @@ class PromptGrid(Grid):
         return self._grid.get_nodes()
 
     def push_messages(self, messages):  # noqa: ANN001, ANN201
-        return self._grid.push_messages(messages)
+        """The wrapped Grid's, with each message's ArrayRecords packed (the caller's messages are
+        left as they are and get their message ids as with Flower's Grid)."""
+        return self._grid.push_messages([pack_message(m) for m in messages])
 
     def pull_messages(self, message_ids):  # noqa: ANN001, ANN201
-        return self._grid.pull_messages(message_ids)
+        """The wrapped Grid's, with each reply's ArrayRecords unpacked (a reply that cannot be
+        unpacked becomes an error reply of its site)."""
+        return [_unpacked(m) for m in self._grid.pull_messages(message_ids)]
 
     def __getattr__(self, name: str):  # noqa: ANN204 - anything a newer Grid adds
         return getattr(self._grid, name)

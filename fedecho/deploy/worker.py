@@ -21,7 +21,9 @@ both for a FedEcho site:
 
 Every message handled is one JSON line in ``<state dir>/worker.jsonl`` (time, worker pid, run,
 message type, round, outcome, seconds spent waiting / pulling (``input_s``: task and message
-header, the rest: its tensors) / in the app / pushing): no tensor,
+header, the rest: its tensors) / in the app / pushing, and how many Flower objects the message and
+the reply travelled as: ``objects_in`` / ``objects_out``, a few when the tensors come packed, see
+fedecho.deploy.packing): no tensor,
 metric or path of the site's data. A crash of the app is answered with a generic coded error (the
 detail stays in the worker's log); a crash of the worker itself makes the SuperNode answer
 "ClientApp stopped responding" once the task's heartbeat expires, and ``fedecho-client start``
@@ -158,8 +160,9 @@ def _retry_invoker() -> Any:
                         max_time=60)
 
 
-def _pull_input(client: Any) -> tuple[Any, Any, Any, float]:
-    """(message, context, run, seconds until the message's tensors) of the claimed task. As
+def _pull_input(client: Any) -> tuple[Any, Any, Any, float, int]:
+    """(message, context, run, seconds until the message's tensors, number of Flower objects the
+    message travelled as) of the claimed task. As
     Flower's ``pull_task_input``, but the message's objects are polled every few tens of
     milliseconds: the SuperNode queues the task before it has downloaded them, and Flower's
     1 s, 2 s, 4 s back-off would cost seconds per message."""
@@ -169,6 +172,7 @@ def _pull_input(client: Any) -> tuple[Any, Any, Any, float]:
     from flwr.proto.runtime_pb2 import PullAppMessagesRequest, PullTaskInputRequest
     from flwr.supercore.inflatable.inflatable_protobuf_utils import (make_confirm_message_received_fn_protobuf,
                                                                     make_pull_object_fn_protobuf)
+    from flwr.supercore.inflatable.inflatable_object import iterate_object_tree
     from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
     from flwr.supercore.task_identity import TaskIdentity
 
@@ -186,7 +190,7 @@ def _pull_input(client: Any) -> tuple[Any, Any, Any, float]:
         make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node, run.run_id),
         return_type=Message, initial_backoff=0.02, backoff_cap=0.25)
     message.metadata.__dict__["_message_id"] = tree.object_id
-    return message, context, run, input_s
+    return message, context, run, input_s, sum(1 for _ in iterate_object_tree(tree))
 
 
 def _round(message: Any) -> str:
@@ -256,6 +260,7 @@ class SiteWorker:
         """Execute one claimed task: pull, check the app identity, run the installed app, push."""
         from flwr.app import Error, Message
         from flwr.common.constant import ErrorCode, SubStatus
+        from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
         from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
         client = self._task_client(token)
@@ -265,11 +270,11 @@ class SiteWorker:
         context, sub_status, details = None, SubStatus.FAILED, "task failed"
         try:
             with _Heartbeat(client):
-                message, context, run, input_s = _pull_input(client)
+                message, context, run, input_s, objects = _pull_input(client)
                 record.update(run=int(run.run_id), type=message.metadata.message_type, round=_round(message),
                               fab_id=run.fab_id, fab_version=run.fab_version,
                               waited_s=round(max(0.0, claimed - message.metadata.created_at), 4),
-                              pull_s=timer.lap(), input_s=round(input_s, 4))
+                              pull_s=timer.lap(), input_s=round(input_s, 4), objects_in=objects)
                 if (run.fab_id, run.fab_version) != self.identity:
                     log.warning("refused run %s: its app is %s %s, this site runs only %s %s", run.run_id,
                                 run.fab_id, run.fab_version, *self.identity)
@@ -285,6 +290,7 @@ class SiteWorker:
                         reply, record["outcome"] = Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
                                                                  APP_ERROR_REASON), reply_to=message), "app-error"
                 record["app_s"] = timer.lap()
+                record["objects_out"] = len(get_all_nested_objects(reply))
                 push_message(client, reply, context)
                 record["push_s"] = timer.lap()
                 sub_status, details = SubStatus.COMPLETED, ""

@@ -236,6 +236,12 @@ class _SlowGrid:
         return replies
 
 
+def _plain() -> Message:
+    return Message(metadata=Metadata(run_id=1, message_id="", src_node_id=1, dst_node_id=7, reply_to_message_id="",
+                                     group_id="", created_at=time.time(), ttl=60, message_type="train"),
+                   content=RecordDict())
+
+
 def test_prompt_grid_returns_replies_as_they_arrive_and_keeps_the_timeout():
     from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
@@ -244,13 +250,13 @@ def test_prompt_grid_returns_replies_as_they_arrive_and_keeps_the_timeout():
     inner = _SlowGrid(after=0.4)
     grid = PromptGrid(inner)  # type: ignore[arg-type]
     start = time.monotonic()
-    replies = list(grid.send_and_receive([object(), object()], timeout=10))
+    replies = list(grid.send_and_receive([_plain(), _plain()], timeout=10))
     took = time.monotonic() - start
     assert sorted(r.metadata.reply_to_message_id for r in replies) == ["m0", "m1"]
     assert 0.4 <= took < 1.5, took  # Flower's HttpGrid looks every 3 s
     inner = _SlowGrid(after=60)
     start = time.monotonic()
-    assert list(PromptGrid(inner).send_and_receive([object()], timeout=0.5)) == []  # type: ignore[arg-type]
+    assert list(PromptGrid(inner).send_and_receive([_plain()], timeout=0.5)) == []  # type: ignore[arg-type]
     assert 0.5 <= time.monotonic() - start < 1.5 and inner.pulls >= 3
     in_memory = InMemoryGrid.__new__(InMemoryGrid)
     assert prompt(in_memory) is in_memory  # simulation keeps its own Grid
@@ -351,6 +357,9 @@ def test_three_round_run_is_served_by_one_warm_worker_per_site(federation, sites
         # rounds 2 and 3 reuse what round 1 built: far less time in the app than round 1
         assert max(train[1]["app_s"], train[2]["app_s"]) < train[0]["app_s"] + 1.0
         assert json.dumps(records).count("data_") == 0  # no data path in the worker's log
+        # the adapter travels packed (fedecho.deploy.packing): a handful of Flower objects per message
+        # and reply, not one Array and one chunk per tensor (26 LoRA tensors: ~56 objects)
+        assert all(r["objects_in"] <= 8 and r["objects_out"] <= 8 for r in train), train
 
 
 @pytest.mark.deploy
