@@ -16,7 +16,8 @@ from fedecho.federation.phases import Phase
 
 TINY = [
     "data.synthetic_patients=12", "data.synthetic_image_size=64", "model.image_size=32",
-    "task.image_size=[32,32]", "ssl.augment.image_size=32", "train.batch_size=4", "train.lr=0.003",
+    "task.image_size=[32,32]", "model.overrides={layers:[1,1,1,1]}", "ssl.augment.image_size=32",
+    "train.batch_size=4", "train.lr=0.003",
     "federation.num_sites=2", "federation.strategy.min_sites=1", "federation.adapt.rounds=3",
     "federation.tasks=[view]", "federation.central_eval=false", "model.norm=group",
     "federation.adapt.local_steps=3",
