@@ -243,5 +243,9 @@ def test_opacus_per_sample_gradients_of_the_mask_token_match_single_samples() ->
         reference.patch_centre.center.copy_(centres[1])
         single = reference.loss({k: v[i:i + 1] for k, v in batch.items()})[0]
         grads = torch.autograd.grad(single, [reference.mask_token.token, reference.head.last_layer.weight_v])
-        torch.testing.assert_close(method.mask_token.token.grad_sample[i], grads[0], rtol=1e-4, atol=1e-6)
-        torch.testing.assert_close(method.head.last_layer.weight_v.grad_sample[i], grads[1], rtol=1e-4, atol=1e-6)
+        # per-sample (opacus' einsum) and single-sample (autograd) sums run in another order: the
+        # tolerance is relative to each gradient's scale, not to each (possibly near-zero) element
+        for got, want in zip((method.mask_token.token.grad_sample[i], method.head.last_layer.weight_v.grad_sample[i]),
+                             grads, strict=True):
+            assert want.abs().max() > 0
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
