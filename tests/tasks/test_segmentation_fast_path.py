@@ -120,7 +120,8 @@ def test_labels_outside_the_mask_set_fail_with_the_same_message(known):
     mask = np.zeros((S, S), np.uint8)
     mask[4:8, 4:8] = 5
     sample = _image_sample(mask, {"mask": map_values(mask)} if known else {})
-    with keep_uint8(), pytest.raises(EchoDataError, match=r"mask has labels \{0, 5\}; expected a subset of \{0, 1, 2, 3\}"):
+    message = r"mask has labels \{0, 5\}; expected a subset of \{0, 1, 2, 3\}"
+    with keep_uint8(), pytest.raises(EchoDataError, match=message):
         _task(None).make_example(sample, None, np.random.default_rng(0))
 
 
