@@ -157,6 +157,9 @@ def simulate(experiment: str, overrides: list[str], *, cpus_per_site: float = 1.
             if err is watch.server_error:  # the ServerApp's own failure; the runtime stopped after it
                 progress.emit(f"the simulation failed ({type(err).__name__}: {err}); details in {log_path}")
                 raise
+            if not isinstance(err, Exception):  # KeyboardInterrupt, SystemExit: stop the ServerApp too
+                watch.fail(SimulationRuntimeError(f"the simulation was stopped ({type(err).__name__})"))
+                raise
             root = _root_cause(err)
             started = "failed" if watch.replied.is_set() else "did not start"
             runtime_error = SimulationRuntimeError(
@@ -166,7 +169,5 @@ def simulate(experiment: str, overrides: list[str], *, cpus_per_site: float = 1.
             stopped = watch.join_server(SERVER_STOP_TIMEOUT_S)
             progress.emit(f"{runtime_error}" + ("" if stopped else
                                                 f"; the ServerApp did not stop within {SERVER_STOP_TIMEOUT_S:.0f} s"))
-            if not isinstance(err, Exception):  # KeyboardInterrupt, SystemExit: theirs to report
-                raise
             raise runtime_error from err
     return {"run_dir": run_dir, "seconds": time.perf_counter() - start, "log": log_path}
