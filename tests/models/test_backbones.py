@@ -10,6 +10,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 from torchvision.models import resnet18 as tv_resnet18
+from torchvision.models.video.resnet import BasicBlock as VideoBasicBlock
+from torchvision.models.video.resnet import BasicStem, Conv2Plus1D, Conv3DSimple, R2Plus1dStem, VideoResNet
 
 from fedecho.config.model import BACKBONE_NAMES, BackboneConfig, LoraConfig
 from fedecho.models import (
@@ -24,6 +26,7 @@ from fedecho.models import (
     replace_norms,
 )
 from fedecho.models.norm import group_count, make_norm
+from fedecho.models.video_cnn import SizedVideoResNet
 from fedecho.models.vit import feature_layers
 
 IMAGE_TINY = ["segformer-tiny", "vit-tiny", "resnet18"]
@@ -103,6 +106,8 @@ def test_lora_config_normalises_targets_to_a_tuple():
         ("vit-tiny", {"num_channels": 3}, "BackboneConfig.in_channels"),
         ("resnet18", {"width": 32}, "only size override is 'layers'"),
         ("r3d-tiny", {"layers": [1, 1, 1]}, "four positive integers"),
+        ("r3d-tiny", {"depth": 2}, "size overrides are 'layers' .* and 'width'"),
+        ("r2plus1d-tiny", {"width": 0}, r"overrides\['width'\]=0 must be a positive integer"),
     ],
 )
 def test_unknown_or_owned_overrides_are_refused(name, overrides, message):
@@ -117,6 +122,29 @@ def test_overrides_change_the_size():
     assert backbone.feature_channels == (8, 16, 24, 40) and backbone.embed_dim == 40
     resnet = build("resnet18", overrides={"layers": [1, 1, 1, 1]})
     assert len(resnet.model.layer3) == 1
+
+
+@pytest.mark.parametrize("name", CLIP_TINY)
+def test_video_width_override_narrows_every_stage(name):
+    full = build(name)
+    narrow = build(name, overrides={"width": 16})
+    assert (full.embed_dim, narrow.embed_dim) == (512, 128)
+    channels = [narrow.model.get_submodule(f"layer{i}")[-1].conv2[1].num_features for i in range(1, 5)]
+    assert channels == [16, 32, 64, 128]
+    params = sum(p.numel() for p in narrow.parameters())
+    assert params * 12 < sum(p.numel() for p in full.parameters())
+    clip = torch.randn(2, 1, 8, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert narrow.forward_embed(clip).shape == (2, 128)
+
+
+@pytest.mark.parametrize(("kind", "conv", "stem"), [("r3d", Conv3DSimple, BasicStem), ("r2plus1d", Conv2Plus1D, R2Plus1dStem)])
+def test_sized_video_resnet_at_width_64_is_torchvisions(kind, conv, stem):
+    torch.manual_seed(3)
+    reference = VideoResNet(VideoBasicBlock, [conv] * 4, [1, 1, 1, 1], stem).state_dict()
+    torch.manual_seed(3)
+    sized = SizedVideoResNet(kind, [1, 1, 1, 1], 64).state_dict()
+    assert list(sized) == list(reference)
+    assert all(torch.equal(sized[key], reference[key]) for key in reference)
 
 
 # --- contract shapes ------------------------------------------------------------------------------
