@@ -12,6 +12,16 @@ generator (:func:`fedecho.transforms.batched.sample_params`) into the ``augment`
 consumer applies them as one batched op after the transfer. ``reader`` may be a
 :class:`fedecho.data.cache.DecodedCache`, which serves decoded uint8 arrays at the training size.
 
+**Batches.** A DataLoader asks ``__getitems__`` for a whole batch of indices (torch calls it when
+present): the examples are built as numpy arrays and copied once into **one** buffer holding every
+field of the batch (uint8 images and masks stay uint8), allocated in shared memory inside a
+DataLoader worker, so the batch crosses to the main process as one shared storage (one file
+descriptor) instead of one per field, with no per-example tensors and no ``torch.stack``.
+:func:`collate_examples` returns that batch as it is; any other collate sees the examples one by
+one. The batch equals ``collate_examples([dataset[i] for i in indices])`` value for value (same
+generators, same draws, same skips), which ``tests/tasks/test_batched_items.py`` checks. The
+example generator is created only when the task draws from it (a still image's never does).
+
 Error policy (``on_error``), for bad *data* (:class:`EchoDataError`) only; code errors always raise:
 
 - ``"raise"``: labels that cannot be indexed are all collected and raised as one error at
@@ -25,6 +35,7 @@ Error policy (``on_error``), for bad *data* (:class:`EchoDataError`) only; code 
 from __future__ import annotations
 
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
@@ -32,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from fedecho.data.base import EchoReader, OnError
 from fedecho.data.errors import EchoDataError
@@ -40,7 +51,7 @@ from fedecho.data.schema import DataIssue, ItemRecord, Sample
 from fedecho.tasks.base import Task
 from fedecho.tasks.frames import keep_uint8
 
-__all__ = ["EpochSampler", "TaskDataset", "collate_examples", "concat_batches", "is_empty_batch"]
+__all__ = ["EpochSampler", "ExampleBatch", "TaskDataset", "collate_examples", "concat_batches", "is_empty_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -121,10 +132,25 @@ class TaskDataset(Dataset):
         )
 
     def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any] | None:
+        example = self._example(index)
+        return None if example is None else _to_tensors(example)
+
+    def __getitems__(self, indices: Sequence[int | tuple[int, int]]) -> Sequence[dict[str, Any] | None]:
+        """The examples at ``indices`` assembled into one batch (see the module docstring): an
+        :class:`ExampleBatch`, or ``[]`` for no index."""
+        if len(indices) == 0:
+            return []
+        return ExampleBatch([self._example(index) for index in indices])
+
+    def _example(self, index: int | tuple[int, int]) -> dict[str, Any] | None:
+        """Example ``index`` as numpy arrays, numbers and strings; None when skipped."""
         if isinstance(index, tuple):  # (epoch, index) from an EpochSampler: persistent workers
             self.epoch, index = int(index[0]), int(index[1])
         record_index, key = self.examples[index]
-        example_rng, transform_rng = self.generators(index)
+        # the example generator is made on first use; the transform's always (it is always used
+        # in training, and transforms check its type)
+        example_rng = _LazyGenerator([self.seed, self.epoch, index, 0])
+        transform_rng = np.random.default_rng([self.seed, self.epoch, index, 1])
         try:
             sample = self._load(record_index)
             if self.device_augment is None:
@@ -141,7 +167,7 @@ class TaskDataset(Dataset):
             example = self.transform(example, transform_rng)
         elif self.device_augment is not None:
             example = self._raw_example(example, transform_rng)
-        return _to_tensors(example)
+        return example
 
     def _raw_example(self, example: dict[str, Any], generator: np.random.Generator) -> dict[str, Any]:
         from fedecho.transforms.batched import AUGMENT_KEY, sample_params
@@ -194,6 +220,112 @@ class EpochSampler(Sampler):
         return len(self.sampler)
 
 
+class _LazyGenerator:
+    """``np.random.default_rng(words)``, made on the first draw: the same stream as the eager
+    generator, and nothing paid when the task never draws (seeding is most of a generator's cost)."""
+
+    __slots__ = ("_generator", "_words")
+
+    def __init__(self, words: list[int]) -> None:
+        self._words = words
+        self._generator: np.random.Generator | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if self._generator is None:
+            self._generator = np.random.default_rng(self._words)
+        return getattr(self._generator, name)
+
+
+class ExampleBatch(Sequence):
+    """The examples of one :meth:`TaskDataset.__getitems__` call (``None`` where skipped).
+
+    :attr:`batch` is what :func:`collate_examples` makes of them, assembled in one buffer (see the
+    module docstring); item ``i`` is example ``i`` as tensors, so another collate still works."""
+
+    def __init__(self, examples: Sequence[dict[str, Any] | None]) -> None:
+        self._examples = list(examples)
+        self._batch: dict[str, Any] | None = None
+
+    def __len__(self) -> int:
+        return len(self._examples)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [None if e is None else _to_tensors(e) for e in self._examples[i]]
+        example = self._examples[i]
+        return None if example is None else _to_tensors(example)
+
+    @property
+    def batch(self) -> dict[str, Any]:
+        if self._batch is None:
+            batch = _assemble(self._examples)
+            self._batch = collate_examples(list(self)) if batch is None else batch
+        return self._batch
+
+
+#: numpy dtypes a batch buffer holds, and their torch views (others take the per-example path)
+_TORCH_DTYPES = {np.dtype(k): v for k, v in [
+    (np.bool_, torch.bool), (np.uint8, torch.uint8), (np.int8, torch.int8), (np.int16, torch.int16),
+    (np.int32, torch.int32), (np.int64, torch.int64), (np.float16, torch.float16),
+    (np.float32, torch.float32), (np.float64, torch.float64)]}
+_ALIGN = 64  # bytes: every field of a batch buffer starts on a cache line
+
+
+def _field(value: Any) -> tuple[np.dtype, tuple[int, ...]] | str | None:
+    """How :func:`_to_tensors` turns ``value`` into a batch field: (dtype, shape) of its tensor,
+    ``"str"`` for a string, None for anything else (tensors, unknown types: per-example path)."""
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, np.ndarray):
+        return (value.dtype, value.shape) if value.dtype in _TORCH_DTYPES else None
+    if isinstance(value, bool | int | np.integer):
+        return np.dtype(np.int64), ()
+    if isinstance(value, float | np.floating):
+        return np.dtype(np.float32), ()
+    return None
+
+
+def _assemble(examples: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """``collate_examples([_to_tensors(e) for e in examples])`` with every number of the batch in
+    one buffer (shared memory inside a DataLoader worker): one copy per example field, no per-example
+    tensors. None when the examples do not all have the same keys, kinds, dtypes and shapes (the
+    per-example path then collates them, or raises its error)."""
+    kept = [e for e in examples if e is not None]
+    fields = {key: _field(value) for key, value in kept[0].items()} if kept else {}
+    if any(kind is None for kind in fields.values()):
+        return None
+    for example in kept[1:]:
+        if example.keys() != fields.keys() or any(_field(example[k]) != kind for k, kind in fields.items()):
+            return None
+    layout, offset = [], _ALIGN  # bytes [0, 8): num_skipped
+    for key, kind in fields.items():
+        if kind != "str":
+            dtype, shape = kind
+            size = len(kept) * math.prod(shape) * dtype.itemsize
+            layout.append((key, dtype, shape, offset, size))
+            offset += -(-size // _ALIGN) * _ALIGN
+    if get_worker_info() is not None:  # made in shared memory: sent to the main process as is
+        buffer = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(offset))
+    else:
+        buffer = torch.empty(offset, dtype=torch.uint8)
+    flat = buffer.numpy()
+    flat[:8].view(np.int64)[0] = len(examples) - len(kept)
+    batch: dict[str, Any] = {NUM_SKIPPED: buffer[:8].view(torch.int64)[0]}
+    places = {key: (dtype, shape, start, size) for key, dtype, shape, start, size in layout}
+    for key, kind in fields.items():
+        if kind == "str":
+            batch[key] = [e[key] for e in kept]
+            continue
+        dtype, shape, start, size = places[key]
+        target = flat[start:start + size].view(dtype).reshape(len(kept), *shape)
+        for i, example in enumerate(kept):
+            target[i] = example[key]
+        batch[key] = buffer[start:start + size].view(_TORCH_DTYPES[dtype]).view(len(kept), *shape)
+    return batch
+
+
 def _to_tensors(example: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in example.items():
@@ -216,8 +348,10 @@ def collate_examples(examples: Sequence[dict[str, Any] | None]) -> dict[str, Any
 
     Tensors stack along a new batch dim; strings become lists. The batch always holds
     ``num_skipped`` (int64 scalar tensor). A batch whose examples were all skipped holds only
-    that key (see :func:`is_empty_batch`).
+    that key (see :func:`is_empty_batch`). An :class:`ExampleBatch` gives its assembled batch.
     """
+    if isinstance(examples, ExampleBatch):  # assembled by TaskDataset.__getitems__
+        return examples.batch
     kept = [e for e in examples if e is not None]
     batch: dict[str, Any] = {NUM_SKIPPED: torch.tensor(len(examples) - len(kept), dtype=torch.int64)}
     if not kept:
