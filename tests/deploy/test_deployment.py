@@ -98,8 +98,23 @@ def sites(federation, superlink, tmp_path):
     try:
         for site in SITES:
             started[site] = _start_site(federation, address, site, tmp_path / "sites")
-        for process in started.values():
-            _wait_for(lambda p=process: "SuperNode ID" in p.tail(100_000), 120, "the SuperNode to connect", process)
+        for site in SITES:
+            # A site killed by an earlier test (SIGKILL: no deactivation) stays "online" at the
+            # SuperLink until its heartbeat expires, and Flower refuses to activate it again before
+            # that (exit 305, "Failed to activate SuperNode"): start it again, as its operator would.
+            deadline = time.monotonic() + 150
+            while True:
+                process = started[site]
+                _wait_for(lambda p=process: "SuperNode ID" in p.tail(100_000) or p.poll() is not None, 120,
+                          "the SuperNode to connect")
+                if process.poll() is None or "Failed to activate SuperNode" not in process.tail(100_000) \
+                        or time.monotonic() > deadline:
+                    break
+                process.stop()
+                time.sleep(10)
+                started[site] = _start_site(federation, address, site, tmp_path / "sites")
+            _wait_for(lambda p=started[site]: "SuperNode ID" in p.tail(100_000), 120, "the SuperNode to connect",
+                      started[site])
         yield started
     finally:
         for process in started.values():
