@@ -133,10 +133,15 @@ def experiment_rows(exp: Experiment, results: dict[str, ArmResult]) -> list[dict
             goal = target.published.fraction or 1.0
             fractions = sorted({r.fraction for r in results.values() if r.fraction is not None})
             nearest = min(fractions, key=lambda f: abs(math.log(f) - math.log(goal)))
-            encoder = next(iter(exp.encoders))
-            local = [r for r in results.values() if r.setting == "local" and r.encoder == encoder and r.fraction == nearest]
-            pairs.append((target, f"{encoder}, {nearest * 100:g} % labels", results.get(f"{encoder}-pooled-{nearest:g}"),
-                          results.get(f"{encoder}-federated-{nearest:g}"), local))
+            # one row per encoder arm that ran (pretraining ones in spec order, random last)
+            ran = {r.encoder for r in results.values()}
+            encoders = [e for e in exp.encoders if e != "random" and e in ran] + (["random"] if "random" in ran else [])
+            for encoder in encoders:
+                local = [r for r in results.values()
+                         if r.setting == "local" and r.encoder == encoder and r.fraction == nearest]
+                pairs.append((target, f"{encoder}, {nearest * 100:g} % labels",
+                              results.get(f"{encoder}-pooled-{nearest:g}"),
+                              results.get(f"{encoder}-federated-{nearest:g}"), local))
     else:
         pairs = [(target, arm, results.get("pooled"), result,
                   [r for r in results.values() if r.local_of is not None and r.partition == result.partition])
@@ -309,8 +314,7 @@ def _fraction_section(exp: Experiment, target: Target, out: Path, results: dict[
         ci = arm.ci.get(target.task, {})
         key = _ci_key(target.metric, ci)
         low, high = (ci[key][1], ci[key][2]) if key else (math.nan, math.nan)
-        # the plot knows two encoder arms: self-supervised pretraining ("ssl") and random init
-        rows.append({"arm": "random" if arm.encoder == "random" else "ssl", "setting": arm.setting, "fraction": arm.fraction, "metric": target.metric,
+        rows.append({"arm": arm.encoder or "ssl", "setting": arm.setting, "fraction": arm.fraction, "metric": target.metric,
                      "value": arm.value(target.task, target.metric), "low": low, "high": high})
     figure = plot_label_fraction_curves(rows)
     path = out / f"label_fractions_{target.task}.png"

@@ -23,7 +23,7 @@ An experiment file names what is reproduced and how FedEcho runs it pooled and f
     federated: {fedavg: [...], ...}    # one federated arm per entry
     sizes: {smoke: [...], full: [...]} # size-specific overrides (smoke runs on synthetic data in CI)
     fractions: {smoke: [0.5], full: [0.01, ..., 1.0]}  # optional, per size: label-fraction curves
-    encoders: {ssl: [...], random: [...]}  # with fractions: the encoder arms compared
+    encoders: {simclr: [...], dino: [...], random: [...]}  # with fractions: the encoder arms compared
 
 The pooled arm is the same run on one site holding every patient, with FedAvg (a single update is
 its own average), the same rounds and local epochs: the site's optimiser state and learning-rate
@@ -159,9 +159,9 @@ def load_experiment(name_or_path: str | Path) -> Experiment:
     sizes = raw.get("sizes")
     if not isinstance(sizes, dict) or "smoke" not in sizes:
         problems.append("sizes must include 'smoke' (synthetic data, runs in CI)")
-    if raw.get("fractions") and (not isinstance(raw.get("encoders"), dict) or len(raw["encoders"]) != 2
+    if raw.get("fractions") and (not isinstance(raw.get("encoders"), dict) or len(raw["encoders"]) < 2
                                  or "random" not in raw["encoders"]):
-        problems.append("fractions need encoders: two arms, a pretraining one and 'random'")
+        problems.append("fractions need encoders: 'random' and at least one pretraining arm")
     for key in ("pretext", "fractions"):
         value = raw.get(key) or {}
         if not isinstance(value, dict) or any(k not in (sizes or {}) for k in value):

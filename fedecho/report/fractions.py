@@ -1,9 +1,9 @@
 """Label-fraction curves (EchoCLR style: Holste et al., "Efficient deep learning-based automated
 diagnosis from echocardiography with contrastive self-supervised learning", 2023): a task metric
 against the fraction of labelled training patients (1–100 %, log axis) for an SSL-pretrained
-encoder versus random initialisation, pooled and federated.
+encoder (or several: SimCLR, DINO, ...) versus random initialisation, pooled and federated.
 
-A row is a dict ``{"arm": "ssl" | "random", "setting": "pooled" | "federated", "fraction":
+A row is a dict ``{"arm": encoder name ("ssl", "simclr", "dino", ..., "random"), "setting": "pooled" | "federated", "fraction":
 float in (0, 1], "metric": str, "value": float, "low": float, "high": float}``; ``low``/``high``
 (a confidence interval, e.g. from :func:`fedecho.report.bootstrap.bootstrap_ci`) may be absent,
 None or NaN, which draws no band for that point.
@@ -21,13 +21,29 @@ from matplotlib.figure import Figure
 from fedecho.report.document import format_value, markdown_table
 from fedecho.report.figure import new_figure
 
-__all__ = ["ARMS", "SETTINGS", "fraction_table", "plot_label_fraction_curves"]
+__all__ = ["SETTINGS", "arm_label", "fraction_table", "plot_label_fraction_curves"]
 
-ARMS = ("ssl", "random")
 SETTINGS = ("pooled", "federated")
-_COLOURS = {"ssl": "tab:blue", "random": "tab:orange"}
 _STYLES = {"pooled": "-", "federated": "--"}
-_ARM_NAMES = {"ssl": "SSL-pretrained", "random": "random init"}
+_PRETRAINED_COLOURS = ("tab:blue", "tab:green", "tab:purple", "tab:red", "tab:brown", "tab:cyan")
+
+
+def arm_label(arm: str) -> str:
+    """How an encoder arm is named in legends and tables: ``random`` is random initialisation,
+    ``ssl`` any self-supervised pretraining, other names the pretraining method."""
+    return {"random": "random init", "ssl": "SSL-pretrained"}.get(arm, f"{arm}-pretrained")
+
+
+def _arms(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Encoder arms in first-seen order, random initialisation last."""
+    seen = list(dict.fromkeys(str(r["arm"]) for r in rows))
+    return [a for a in seen if a != "random"] + (["random"] if "random" in seen else [])
+
+
+def _colours(arms: Sequence[str]) -> dict[str, str]:
+    pretrained = [a for a in arms if a != "random"]
+    colours = {a: _PRETRAINED_COLOURS[i % len(_PRETRAINED_COLOURS)] for i, a in enumerate(pretrained)}
+    return {**colours, "random": "tab:orange"}
 
 
 def _checked(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -41,8 +57,8 @@ def _checked(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         if missing:
             problems.append(f"row {i} lacks {missing}")
             continue
-        if row["arm"] not in ARMS:
-            problems.append(f"row {i}: arm {row['arm']!r} is not one of {list(ARMS)}")
+        if not isinstance(row["arm"], str) or not row["arm"]:
+            problems.append(f"row {i}: arm {row['arm']!r} is not an encoder name")
         if row["setting"] not in SETTINGS:
             problems.append(f"row {i}: setting {row['setting']!r} is not one of {list(SETTINGS)}")
         try:
@@ -64,9 +80,10 @@ def _checked(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _lines(rows: list[dict[str, Any]], metric: str) -> list[tuple[str, str, list[dict[str, Any]]]]:
-    """(arm, setting, rows by fraction) for each arm × setting present, in ARMS × SETTINGS order."""
+    """(arm, setting, rows by fraction) for each arm × setting present, arms in first-seen order
+    (random last) × SETTINGS."""
     out = []
-    for arm in ARMS:
+    for arm in _arms(rows):
         for setting in SETTINGS:
             chosen = sorted((r for r in rows if (r["arm"], r["setting"], r["metric"]) == (arm, setting, metric)),
                             key=lambda r: r["fraction"])
@@ -80,6 +97,7 @@ def plot_label_fraction_curves(rows: Sequence[Mapping[str, Any]]) -> Figure:
     line per arm × setting (colour = arm, solid = pooled, dashed = federated) with its
     confidence band where ``low``/``high`` are given. Line labels: ``"<arm name>, <setting>"``."""
     checked = _checked(rows)
+    colours = _colours(_arms(checked))
     metrics = list(dict.fromkeys(r["metric"] for r in checked))
     fig, axes = new_figure(ncols=len(metrics), panel_size=(6.0, 4.5))
     for ax, metric in zip(axes, metrics, strict=True):
@@ -88,11 +106,11 @@ def plot_label_fraction_curves(rows: Sequence[Mapping[str, Any]]) -> Figure:
             y = np.array([r["value"] for r in line])
             low = np.array([r["low"] for r in line])
             high = np.array([r["high"] for r in line])
-            label = f"{_ARM_NAMES[arm]}, {setting}"
-            ax.plot(x, y, color=_COLOURS[arm], linestyle=_STYLES[setting], marker="o", label=label)
+            label = f"{arm_label(arm)}, {setting}"
+            ax.plot(x, y, color=colours[arm], linestyle=_STYLES[setting], marker="o", label=label)
             band = np.isfinite(low) & np.isfinite(high)
             if band.any():
-                ax.fill_between(x, np.where(band, low, y), np.where(band, high, y), color=_COLOURS[arm],
+                ax.fill_between(x, np.where(band, low, y), np.where(band, high, y), color=colours[arm],
                                 alpha=0.15 if setting == "pooled" else 0.08, linewidth=0)
         ax.set_xscale("log")
         ax.set_xlim(0.8, 125)
@@ -111,7 +129,7 @@ def fraction_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """Markdown lines: one row per metric × fraction, one column per arm × setting holding
     ``value [low, high]`` (``value`` alone without an interval, ``n/a`` where a run is missing)."""
     checked = _checked(rows)
-    columns = [(arm, setting) for arm in ARMS for setting in SETTINGS
+    columns = [(arm, setting) for arm in _arms(checked) for setting in SETTINGS
                if any((r["arm"], r["setting"]) == (arm, setting) for r in checked)]
     cells = {(r["metric"], r["fraction"], r["arm"], r["setting"]): r for r in checked}
     body = []
@@ -122,7 +140,7 @@ def fraction_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
                 cell = cells.get((metric, fraction, arm, setting))
                 row.append("n/a" if cell is None else _cell(cell))
             body.append(row)
-    header = ["metric", "labelled", *(f"{_ARM_NAMES[a]}, {s}" for a, s in columns)]
+    header = ["metric", "labelled", *(f"{arm_label(a)}, {s}" for a, s in columns)]
     return markdown_table(header, body)
 
 

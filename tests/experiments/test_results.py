@@ -80,10 +80,12 @@ def test_fraction_row_uses_the_published_fraction(tmp_path):
                 results[name] = collect_arm(exp, name, run, wall_seconds=1.0, encoder=encoder, setting=setting,
                                             fraction=fraction)
     payload = write_results(exp, "full", tmp_path, results)
-    (row,) = payload["rows"]
+    row, random_row = payload["rows"]  # one row per encoder arm, the pretraining one first
     assert row["arm"] == "echoclr, 1 % labels"  # published at 1 % labels
     assert row["pooled"] == pytest.approx(0.6 + 0.003 + 0.05)
     assert row["federated"] == pytest.approx(0.6 + 0.003 + 0.05 - 0.02)
+    assert random_row["arm"] == "random, 1 % labels"
+    assert random_row["pooled"] == pytest.approx(0.6 + 0.003)
     assert (tmp_path / "label_fractions_as_present.png").stat().st_size > 5000
     assert "## Label fractions: as_present" in (tmp_path / "results.md").read_text()
 

@@ -41,7 +41,8 @@ def test_smoke(name, tmp_path, monkeypatch):
     assert copy["provenance"]["commit"] == git_head() and copy["provenance"]["machine"]["cpus"] >= 1
     assert copy["cpu_seconds"] == sum(arm["cpu_seconds"] for arm in results["arms"].values()) > 0
     assert all("/" not in arm["run_dir"] for arm in copy["arms"].values())
-    assert len(results["rows"]) == len(exp.targets)
+    # one row per target (label-fraction experiments: per target and encoder arm)
+    assert len(results["rows"]) == len(exp.targets) * (len(exp.encoders) if exp.fractions else 1)
     for row in results["rows"]:
         assert math.isfinite(row["pooled"]) and math.isfinite(row["federated"]), row
         assert row["local_sites"] >= 2 and math.isfinite(row["local_mean"]) and math.isfinite(row["local_worst"]), row

@@ -89,7 +89,7 @@ def test_malformed_file_lists_every_problem(tmp_path):
     text = str(err.value)
     for problem in ("unknown key 'colour'", "name 'other' differs", "target 1 misses metric",
                     "unknown published key(s) ['b']", "federated must map", "sizes must include 'smoke'",
-                    "fractions need encoders: two arms", "fraction 0 is not in (0, 1]"):
+                    "fractions need encoders: 'random' and at least one pretraining arm", "fraction 0 is not in (0, 1]"):
         assert problem in text, problem
 
 

@@ -53,15 +53,28 @@ def test_table_lists_value_and_interval_per_fraction_and_arm():
 
 
 def test_bad_rows_are_listed_in_one_error():
-    rows = [{"arm": "byol", "setting": "pooled", "fraction": 10, "metric": "auroc", "value": 0.7},
+    rows = [{"arm": "", "setting": "pooled", "fraction": 10, "metric": "auroc", "value": 0.7},
             {"arm": "ssl", "setting": "pooled", "fraction": 0.5, "metric": "auroc"},
             {"arm": "ssl", "setting": "pooled", "fraction": 0.5, "metric": "auroc", "value": 0.7},
             {"arm": "ssl", "setting": "pooled", "fraction": 0.5, "metric": "auroc", "value": 0.71}]
     with pytest.raises(ValueError) as err:
         fraction_table(rows)
     text = str(err.value)
-    assert "row 0: arm 'byol' is not one of ['ssl', 'random']" in text
+    assert "row 0: arm '' is not an encoder name" in text
     assert "row 0: fraction 10.0 must lie in (0, 1]" in text
     assert "row 1 lacks ['value']" in text and "row 3 repeats" in text
     with pytest.raises(ValueError, match="no label-fraction rows"):
         plot_label_fraction_curves([])
+
+
+def test_several_pretraining_arms_get_their_own_colour_and_columns_with_random_last():
+    rows = [{"arm": arm, "setting": "pooled", "fraction": f, "metric": "dice", "value": v + f / 10}
+            for arm, v in (("random", 0.5), ("simclr", 0.7), ("dino", 0.6)) for f in (0.05, 1.0)]
+    fig = plot_label_fraction_curves(rows)
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    assert list(lines) == ["simclr-pretrained, pooled", "dino-pretrained, pooled", "random init, pooled"]
+    assert len({line.get_color() for line in lines.values()}) == 3
+    np.testing.assert_allclose(lines["dino-pretrained, pooled"].get_ydata(), [0.605, 0.7])
+    table = fraction_table(rows)
+    assert table[0] == "| metric | labelled | simclr-pretrained, pooled | dino-pretrained, pooled | random init, pooled |"
+    assert table[-1] == "| dice | 100 % | 0.8 | 0.7 | 0.6 |"
