@@ -10,9 +10,9 @@ gets a :class:`SharedRayBackend` instead, which
   first time, with the session's CPU count, and reuses the running instance afterwards;
 - creates as many ClientApp actors as Flower would have created for the simulation's own
   ``init_args.num_cpus`` (a one-site arm still gets one actor, not one per CPU of the session);
-- at the end of the simulation terminates its actors and waits until they have exited (their
-  processes, with every site's in-process state, are gone before the next arm starts: each arm's
-  sites begin in fresh actor processes, as before), but leaves Ray running.
+- at the end of the simulation kills its actors and waits until Ray has released them (their
+  processes, with every site's in-process state, end with them: each arm's sites begin in fresh
+  actor processes, as before), but leaves Ray running.
 
 The session shuts Ray down when it ends, and after a simulation whose runtime failed
 (:func:`discard`), so that the next one starts a fresh Ray. Outside a session nothing changes.
@@ -35,7 +35,7 @@ __all__ = ["RaySession", "SharedRayBackend", "active_session", "discard", "share
 
 log = logging.getLogger(__name__)
 
-#: Seconds a finished simulation waits for its actors to exit before killing them.
+#: Seconds a finished simulation waits for Ray to release its killed actors' CPUs.
 ACTOR_EXIT_TIMEOUT_S = 30.0
 
 _lock = threading.Lock()
@@ -114,24 +114,21 @@ def _backend_class() -> type:
             _session.actors.append(self.pool.num_actors)
 
         def terminate(self) -> None:
-            """Terminate the simulation's actors and wait for them to exit; Ray keeps running."""
+            """Kill the simulation's actors (as ``ray.shutdown`` did: their messages are all answered;
+            a graceful ``exit_actor`` took tens of seconds of teardown on a loaded machine) and
+            wait until Ray has them dead; Ray keeps running."""
             import ray
 
             pool = self.pool
             if pool is None:
                 return
-            busy = list(pool._future_to_actor.values())  # actors of messages that failed  # noqa: SLF001
-            pool.terminate_all_actors()
-            for actor in busy:
+            for actor in [*pool.pool, *pool._future_to_actor.values()]:  # idle, and busy (failed)  # noqa: SLF001
                 ray.kill(actor)
             deadline = time.monotonic() + ACTOR_EXIT_TIMEOUT_S
             while _cpus_in_use() > 0 and time.monotonic() < deadline:
                 time.sleep(0.05)
             if _cpus_in_use() > 0:
-                log.warning("ClientApp actors still hold CPUs %.0f s after the simulation: killing them",
-                            ACTOR_EXIT_TIMEOUT_S)
-                for actor in pool.pool:
-                    ray.kill(actor)
+                log.warning("ClientApp actors still hold CPUs %.0f s after they were killed", ACTOR_EXIT_TIMEOUT_S)
             self.pool = None
 
     _BACKEND = SharedRayBackend
