@@ -98,18 +98,23 @@ def _backend_class() -> type:
             if session is None:
                 raise RuntimeError("SharedRayBackend is used only inside fedecho.federation.ray_session.shared_ray")
             init_args = dict(backend_config.get(self.init_args_key) or {})
-            # Flower sizes the actor pool by the CPUs Ray has: the simulation's own CPUs decide.
-            self.actor_cpus = float(init_args.get("num_cpus", session.num_cpus))
+            # Flower sizes the actor pool by the CPUs Ray has: on the session's own Ray, the
+            # simulation's own CPUs decide (on a Ray someone else started, Flower's rule stands).
+            self.actor_cpus: float | None = None
             if not ray.is_initialized():
                 super().init_ray({**backend_config, self.init_args_key: {**init_args, "num_cpus": session.num_cpus}})
                 session.starts += 1
+            if session.starts:
+                self.actor_cpus = float(init_args.get("num_cpus", session.num_cpus))
             session.session_names.append(ray.get_runtime_context().get_node_id() + "@" + _session_name())
 
         def build(self, app_fn: Callable[[], Any]) -> None:
             per_actor = float(self.client_resources.get("num_cpus", 1)) or 1.0
             self.pool = BasicActorPool(actor_type=ClientAppActor, client_resources=self.client_resources,
                                        actor_kwargs=self.actor_kwargs)
-            self.pool.add_actors_to_pool(min(self.pool.actors_capacity, int(self.actor_cpus / per_actor)))
+            capacity = self.pool.actors_capacity
+            self.pool.add_actors_to_pool(capacity if self.actor_cpus is None else
+                                         min(capacity, int(self.actor_cpus / per_actor)))
             self.app_fn = app_fn
             _session.actors.append(self.pool.num_actors)
 
@@ -124,11 +129,12 @@ def _backend_class() -> type:
                 return
             for actor in [*pool.pool, *pool._future_to_actor.values()]:  # idle, and busy (failed)  # noqa: SLF001
                 ray.kill(actor)
-            deadline = time.monotonic() + ACTOR_EXIT_TIMEOUT_S
-            while _cpus_in_use() > 0 and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if _cpus_in_use() > 0:
-                log.warning("ClientApp actors still hold CPUs %.0f s after they were killed", ACTOR_EXIT_TIMEOUT_S)
+            if self.actor_cpus is not None:  # the session's own Ray: nothing else holds its CPUs
+                deadline = time.monotonic() + ACTOR_EXIT_TIMEOUT_S
+                while _cpus_in_use() > 0 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                if _cpus_in_use() > 0:
+                    log.warning("ClientApp actors still hold CPUs %.0f s after they were killed", ACTOR_EXIT_TIMEOUT_S)
             self.pool = None
 
     _BACKEND = SharedRayBackend

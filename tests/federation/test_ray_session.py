@@ -17,7 +17,7 @@ TINY = [
     "data.synthetic_patients=12", "data.synthetic_image_size=64", "model.image_size=32",
     "task.image_size=[32,32]", "ssl.augment.image_size=32", "ssl.projection_dim=16",
     "train.batch_size=8", "train.lr=0.003", "federation.strategy.min_sites=1",
-    "federation.pretrain.rounds=1", "federation.adapt.rounds=1",
+    "federation.adapt.rounds=1",
 ]
 
 
