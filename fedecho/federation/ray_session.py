@@ -150,7 +150,8 @@ def _cpus_in_use() -> float:
 def _session_name() -> str:
     import ray
 
-    node = ray._private.worker.global_worker.node  # noqa: SLF001 (the running Ray's session)
+    node = getattr(getattr(ray, "_private", None), "worker", None)  # the running Ray's session (private API)
+    node = getattr(getattr(node, "global_worker", None), "node", None)
     return str(getattr(node, "session_name", ""))
 
 
