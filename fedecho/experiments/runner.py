@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 from fedecho.experiments.results import ArmResult, collect_arm, write_results
 from fedecho.experiments.spec import Experiment
+from fedecho.federation.ray_session import shared_ray
 
 __all__ = ["LOCAL", "POOLED", "arm_overrides", "local_arms", "run_experiment"]
 
@@ -192,8 +194,6 @@ def run_experiment(exp: Experiment, size: str = "smoke", *, out: str | Path | No
     """Run ``exp`` at ``size``; returns the results written to ``OUT/results.json`` (+ results.md).
     ``first_arm``: only the pooled arm and the first federated arm (CI's smoke runs). ``argv``: the
     command recorded with the results (default: this process's command line)."""
-    from fedecho.config.compose import compose_run_config
-
     from datetime import datetime, timezone
 
     from fedecho.experiments.provenance import provenance
@@ -203,6 +203,19 @@ def run_experiment(exp: Experiment, size: str = "smoke", *, out: str | Path | No
     out.mkdir(parents=True, exist_ok=True)
     init = _pretext(exp, size, out)
     init_override = [f"init={init}"] if init else []
+    # One Ray instance for every arm (Flower's backend alone starts and stops Ray once per arm).
+    with shared_ray(cpus or os.cpu_count() or 1):
+        results = _run_arms(exp, size, out, arms=arms, data_root=data_root, extra=extra, init_override=init_override,
+                            cpus=cpus, cpus_per_site=cpus_per_site, first_arm=first_arm)
+    return write_results(exp, size, out, results, provenance=provenance(_repo_root(), started=started, argv=argv))
+
+
+def _run_arms(exp: Experiment, size: str, out: Path, *, arms: list[str] | None, data_root: str | None,
+              extra: list[str] | None, init_override: list[str], cpus: int | None, cpus_per_site: float,
+              first_arm: bool) -> dict[str, ArmResult]:
+    """Every arm of ``exp`` that is asked for, in order (see :func:`run_experiment`)."""
+    from fedecho.config.compose import compose_run_config
+
     results: dict[str, ArmResult] = {}
     if exp.fractions_for(size):
         results = _fraction_arms(exp, size, out, data_root=data_root, extra=[*init_override, *(extra or [])],
@@ -226,7 +239,7 @@ def run_experiment(exp: Experiment, size: str = "smoke", *, out: str | Path | No
                 info = {"partition": partition_key(compose_run_config(overrides, config_name=exp.config))}
             results[arm] = collect_arm(exp, arm, run_dir, wall_seconds=wall, coordinator_cpu=cpu, **info)
             _clinical(exp, overrides, run_dir)
-    return write_results(exp, size, out, results, provenance=provenance(_repo_root(), started=started, argv=argv))
+    return results
 
 
 def _fraction_arms(exp: Experiment, size: str, out: Path, *, data_root: str | None, extra: list[str],

@@ -116,7 +116,9 @@ def _root_cause(err: BaseException) -> BaseException:
 def simulate(experiment: str, overrides: list[str], *, cpus_per_site: float = 1.0,
              total_cpus: int | None = None, resume: bool = False, verbose: bool = False) -> dict[str, Any]:
     """Run ``experiment`` (a config name in conf/) with Hydra ``overrides`` as a Flower simulation;
-    ``resume`` continues the run in ``federation.run_dir`` from its last completed round.
+    ``resume`` continues the run in ``federation.run_dir`` from its last completed round. Inside
+    :func:`fedecho.federation.ray_session.shared_ray` the simulation runs on the session's Ray
+    instance (started once for all of them); otherwise Flower starts and stops Ray for it.
 
     The terminal shows one line per phase and round and a final table; Flower's and Ray's logs go
     to ``<run_dir>/flower.log`` (``verbose``: to the terminal as well)."""
@@ -126,7 +128,7 @@ def simulate(experiment: str, overrides: list[str], *, cpus_per_site: float = 1.
 
     from client.app import build_app as client_app
     from fedecho.config.compose import compose_run_config
-    from fedecho.federation import progress
+    from fedecho.federation import progress, ray_session
     from server.app import build_app as server_app
 
     cfg = compose_run_config(overrides, config_name=experiment)  # validate before starting Ray
@@ -145,6 +147,7 @@ def simulate(experiment: str, overrides: list[str], *, cpus_per_site: float = 1.
     progress.emit(f"{experiment}: {cfg.federation.num_sites} simulated sites; Flower's log: {log_path}")
     watch = RuntimeWatch()
     with progress.quiet_console(log_path, verbose=verbose):
+        finished = False
         try:
             run_simulation(
                 watched_server_app(server_app(run_config), watch), client_app(run_config),
@@ -153,6 +156,7 @@ def simulate(experiment: str, overrides: list[str], *, cpus_per_site: float = 1.
                                 "init_args": {"num_cpus": cpus,
                                               "include_dashboard": False}},
             )
+            finished = True
         except BaseException as err:
             if err is watch.server_error:  # the ServerApp's own failure; the runtime stopped after it
                 progress.emit(f"the simulation failed ({type(err).__name__}: {err}); details in {log_path}")
@@ -170,4 +174,7 @@ def simulate(experiment: str, overrides: list[str], *, cpus_per_site: float = 1.
             progress.emit(f"{runtime_error}" + ("" if stopped else
                                                 f"; the ServerApp did not stop within {SERVER_STOP_TIMEOUT_S:.0f} s"))
             raise runtime_error from err
+        finally:
+            if not finished:  # inside a shared Ray session (ray_session): the next simulation starts a fresh Ray
+                ray_session.discard()
     return {"run_dir": run_dir, "seconds": time.perf_counter() - start, "log": log_path}

@@ -16,6 +16,8 @@ are means of per-item hits (``accuracy_score``'s checks made it most of a smoke 
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +25,7 @@ import numpy as np
 
 from fedecho.report.predictions import Predictions
 
-__all__ = ["BOOTSTRAP_DRAWS", "bootstrap_ci", "prediction_cis", "rank_auroc"]
+__all__ = ["BOOTSTRAP_DRAWS", "average_ranks", "bootstrap_ci", "prediction_cis", "rank_auroc"]
 
 #: resamples used by the report
 BOOTSTRAP_DRAWS = 2000
@@ -77,6 +79,11 @@ def bootstrap_ci(
     return estimate, float(low), float(high)
 
 
+#: intervals already computed in this process, by the prediction file's content and the settings
+_CACHE: OrderedDict[str, dict[str, tuple[float, float, float]]] = OrderedDict()
+_CACHE_SIZE = 32
+
+
 def prediction_cis(
     predictions: Predictions, *, n_boot: int = BOOTSTRAP_DRAWS, alpha: float = 0.05, seed: int = 0
 ) -> dict[str, tuple[float, float, float]]:
@@ -87,7 +94,32 @@ def prediction_cis(
     items) and ``dice`` (the mean of those over structures, as the task reports it); a file
     without ``sample_dice`` gives {}. classification: ``accuracy``, ``balanced_accuracy``,
     ``auroc``. regression: ``mae``, and ``mae/<quantity>`` per quantity.
+
+    The run report and the experiment's result row both ask for the intervals of each prediction
+    file: a file's intervals are computed once per process (cached by its arrays' bytes and the
+    settings; the result is the same either way, 2000 resamples cost seconds per file).
     """
+    key = _content_key(predictions, n_boot, alpha, seed)
+    if key not in _CACHE:
+        _CACHE[key] = _prediction_cis(predictions, n_boot=n_boot, alpha=alpha, seed=seed)
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    _CACHE.move_to_end(key)
+    return dict(_CACHE[key])
+
+
+def _content_key(predictions: Predictions, *settings: object) -> str:
+    digest = hashlib.sha256(repr((predictions.kind, settings)).encode())
+    for name in sorted(predictions.arrays):
+        array = np.ascontiguousarray(predictions.arrays[name])
+        digest.update(repr((name, array.dtype.str, array.shape)).encode())
+        digest.update(repr(array.tolist()).encode() if array.dtype == object else array.tobytes())
+    return digest.hexdigest()
+
+
+def _prediction_cis(
+    predictions: Predictions, *, n_boot: int, alpha: float, seed: int
+) -> dict[str, tuple[float, float, float]]:
     from fedecho.tasks.metrics import accuracy, auroc, balanced_accuracy
 
     patients = predictions.get("patients")
@@ -130,15 +162,38 @@ def rank_auroc(targets: np.ndarray, probs: np.ndarray) -> float:
     binary (C = 2) on the class-1 column, else the mean of the defined one-vs-rest AUROCs (a
     class absent from ``targets``, or all of it, is undefined); NaN when none is defined.
     Equals :func:`fedecho.tasks.metrics.auroc` on ``targets`` (N,) int and ``probs`` (N, C)."""
-    from scipy.stats import rankdata
-
     classes = [1] if probs.shape[1] == 2 else range(probs.shape[1])
     values = []
+    columns = None
     for c in classes:
         positives = targets == c
         n_pos = int(positives.sum())
         n_neg = len(targets) - n_pos
         if n_pos and n_neg:
-            ranks = rankdata(probs[:, c])
+            columns = average_ranks(probs) if columns is None else columns  # every class's column at once
+            ranks = columns[:, c]
             values.append((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
     return float(np.mean(values)) if values else float("nan")
+
+
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``x`` (N,) or of each column of ``x`` (N, C), ties at their average rank: the
+    values of ``scipy.stats.rankdata(x, axis=0)`` (the same float64 numbers, half-integers), without
+    its array-API dispatch, which cost most of a classification report's bootstrap (thousands of
+    calls on arrays of tens of items). NaN in ``x``: scipy's own result."""
+    x = np.asarray(x)
+    if x.ndim not in (1, 2) or len(x) == 0 or (x.dtype.kind == "f" and np.isnan(x).any()):
+        from scipy.stats import rankdata
+
+        return rankdata(x, axis=0)
+    order = np.argsort(x, axis=0, kind="stable")
+    sorted_x = np.take_along_axis(x, order, axis=0)
+    position = np.arange(len(x)).reshape((-1,) + (1,) * (x.ndim - 1))
+    differs = sorted_x[1:] != sorted_x[:-1]
+    edge = np.ones((1,) + x.shape[1:], dtype=bool)
+    first = np.maximum.accumulate(np.where(np.concatenate([edge, differs]), position, 0), axis=0)
+    last = np.flip(np.minimum.accumulate(np.flip(np.where(np.concatenate([differs, edge]), position, len(x)), 0),
+                                         axis=0), 0)
+    ranks = np.empty(x.shape, dtype=np.float64)
+    np.put_along_axis(ranks, order, (first + last).astype(np.float64) / 2 + 1, axis=0)
+    return ranks

@@ -3,7 +3,7 @@ models, one round), through the command researchers run: ``fedecho simulate NAME
 CI runs the pooled arm, the first federated arm and its sites' local-only arms of each (all arms
 are checked to compose in test_spec.py); the result row (with the local-only mean and worst site),
 each arm's report, for lv_seg experiments the clinical read-outs, and for label-fraction
-experiments the curves must exist."""
+experiments the curves must exist. Every arm runs on the one Ray instance the command starts."""
 
 from __future__ import annotations
 
@@ -26,14 +26,20 @@ def git_head() -> str | None:
 
 @pytest.mark.parametrize("name", list_experiments())
 def test_smoke(name, tmp_path, monkeypatch):
+    import ray
+
     from fedecho.cli.main import main
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    starts = []
+    real_init = ray.init
+    monkeypatch.setattr(ray, "init", lambda *a, **k: starts.append(k.get("num_cpus")) or real_init(*a, **k))
     exp = load_experiment(name)
     out = tmp_path / name
     published = tmp_path / "published"
     assert main(["simulate", name, "--size", "smoke", "--first-arm", "--cpus", "2", "--out", str(out),
                  "--publish", str(published)]) == 0
+    assert starts == [2] and not ray.is_initialized()  # one Ray for every arm (2 CPUs), stopped at the end
     results = json.loads((out / "results.json").read_text())
     # the published copy: same rows, with the command, the commit and the compute that made them
     copy = json.loads((published / f"{name}-smoke.json").read_text())

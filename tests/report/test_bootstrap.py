@@ -154,3 +154,43 @@ def test_prediction_cis_estimates_equal_scikit_learn_and_the_report_shows_them(t
     assert f"| site_1 | 30 | {f(site_1.mean())} | {f(site_1[:, 0].mean())} | {f(site_1[:, 1].mean())} |" in text
     assert text.count("resamples of patients") == 3
     assert "| IVSd | 20 |" in text  # the LVH table has a row per caliper
+
+
+def test_prediction_cis_are_computed_once_per_file_content(tmp_path, monkeypatch):
+    """The report and the experiment's result row ask for the same file's intervals: the second
+    ask is served from the in-process cache, equal to a fresh computation; other content or other
+    settings compute again."""
+    import dataclasses
+
+    from fedecho.report import bootstrap
+
+    _files(tmp_path)
+    view = load_predictions(tmp_path / "predictions" / "view.npz")
+    fresh = bootstrap._prediction_cis(view, n_boot=200, alpha=0.05, seed=0)
+    calls = []
+    real = bootstrap._prediction_cis
+    monkeypatch.setattr(bootstrap, "_prediction_cis", lambda *a, **k: calls.append(k) or real(*a, **k))
+    first = prediction_cis(view, n_boot=200)
+    again = prediction_cis(load_predictions(tmp_path / "predictions" / "view.npz"), n_boot=200)
+    assert first == again == fresh and len(calls) == 1
+    again["accuracy"] = (0.0, 0.0, 0.0)  # callers get their own dict
+    assert prediction_cis(view, n_boot=200) == fresh and len(calls) == 1
+    prediction_cis(view, n_boot=200, seed=1)
+    probs = view["probs"].copy()
+    probs[0] = probs[0][::-1]
+    changed = prediction_cis(dataclasses.replace(view, arrays={**view.arrays, "probs": probs}), n_boot=200)
+    assert len(calls) == 3 and set(changed) == set(fresh)
+
+
+def test_average_ranks_are_scipys_rankdata_exactly():
+    from scipy.stats import rankdata
+
+    from fedecho.report.bootstrap import average_ranks
+
+    rng = np.random.default_rng(3)
+    for x in (rng.random(50), rng.integers(0, 4, 40).astype(np.float64), np.round(rng.random(30), 1),
+              np.array([0.5]), np.array([2.0, 2.0, 2.0]), rng.integers(0, 3, 25), np.array([1.0, np.nan, 0.0])):
+        np.testing.assert_array_equal(average_ranks(x), rankdata(x))
+        assert average_ranks(x).dtype == np.float64
+    for columns in (rng.random((40, 5)), np.round(rng.random((30, 3)), 1), rng.integers(0, 2, (20, 2))):
+        np.testing.assert_array_equal(average_ranks(columns), rankdata(columns, axis=0))  # each column
