@@ -10,6 +10,8 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.app.metadata import Metadata
 
+from flwr.serverapp import strategy as fl
+
 from fedecho.config.federation import PrivacyConfig, StrategyConfig
 from fedecho.federation.arrays import numpy_dict
 from fedecho.federation.contract import declare
@@ -147,6 +149,44 @@ def test_strategy_state_round_trips_fedadam_moments():
     a, *_ = run_round(cfg, UPDATES, WEIGHTS, strategy=first, server_round=2)
     b, *_ = run_round(cfg, UPDATES, WEIGHTS, strategy=second, server_round=2)
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("name", ["fedadam", "fedyogi", "fedavgm"])
+def test_server_optimisers_average_norm_statistics_and_step_the_weights(name):
+    """BatchNorm running statistics are not gradients: a server optimiser steps the weights, the
+    statistics take the weighted mean of the sites' values (FedAdam at eta 0.01 otherwise moves a
+    running variance by at most 0.01 per round)."""
+    cfg = StrategyConfig(name=name, server_lr=0.1, beta_1=0.9, beta_2=0.99, tau=1e-3, server_momentum=0.5)
+    start = {"w": np.zeros((2, 2), np.float32), "bn.running_mean": np.zeros(3, np.float32),
+             "bn.running_var": np.ones(3, np.float32)}
+    updates = [{"w": np.full((2, 2), w, np.float32), "bn.running_mean": np.full(3, m, np.float32),
+                "bn.running_var": np.full(3, v, np.float32)} for w, m, v in ((1.0, 2.0, 30.0), (3.0, -1.0, 50.0),
+                                                                             (8.0, 0.5, 90.0))]
+
+    def one_round(strategy):
+        guarded = GuardedStrategy(strategy, phase_name="adapt:view", phase_config={"phase": "adapt", "task": "view"},
+                                  declaration=declare(start), min_sites=1)
+        list(guarded.configure_train(1, ArrayRecord({k: _t(v) for k, v in start.items()}), ConfigRecord({}),
+                                     FixedGrid([1, 2, 3])))
+        arrays, _ = guarded.aggregate_train(1, [reply(i + 1, u, n) for i, (u, n) in
+                                                enumerate(zip(updates, WEIGHTS, strict=True))])
+        return numpy_dict(arrays)
+
+    arrays = one_round(build_strategy(cfg, num_sites=3))
+    assert np.allclose(arrays["bn.running_mean"], (2 - 1 + 0.5 * 2) / 4)
+    assert np.allclose(arrays["bn.running_var"], (30 + 50 + 90 * 2) / 4)  # 65, not 1 + eta-sized step
+    # the weights are exactly what Flower's own optimiser gives
+    stock = {"fedadam": fl.FedAdam, "fedyogi": fl.FedYogi, "fedavgm": fl.FedAvgM}[name]
+    kwargs = ({"server_learning_rate": 1.0, "server_momentum": 0.5} if name == "fedavgm" else
+              {"eta": 0.1, "beta_1": 0.9, "beta_2": 0.99, "tau": 1e-3})
+    reference = one_round(stock(weighted_by_key="num-examples", arrayrecord_key="arrays", configrecord_key="config",
+                                min_train_nodes=1, min_available_nodes=1, min_evaluate_nodes=0, **kwargs))
+    assert np.array_equal(arrays["w"], reference["w"])
+    if name != "fedavgm":  # FedAvgM's first step at server lr 1 is the mean; its momentum acts from round 2
+        assert not np.allclose(reference["bn.running_var"], 65.0)  # what the stock optimiser does to it
+    if name == "fedadam":
+        eta_norm = 0.1 * np.sqrt(1 - 0.99**2) / (1 - 0.9**2)
+        assert np.allclose(arrays["w"], eta_norm * (0.1 * 5.0) / (np.sqrt(0.01 * 25.0) + 1e-3), rtol=1e-5)
 
 
 @pytest.mark.parametrize(
