@@ -270,9 +270,11 @@ def _fraction_arms(exp: Experiment, size: str, out: Path, *, data_root: str | No
                     wall, cpu = _simulate(exp, overrides, run_dir, cpus=cpus, cpus_per_site=cpus_per_site)
                     results[name] = collect_arm(exp, name, run_dir, wall_seconds=wall, coordinator_cpu=cpu,
                                                 encoder=encoder, setting=setting, fraction=fraction, site=site)
-                if pretrains and not init and index + 1 < len(fractions):
+                later = [f"{encoder}-{stem}-{f:g}" for f in fractions[index + 1:]]
+                if pretrains and not init and later and (not only or any(n in only for n in later)):
                     # The first fraction's run pretrained the encoder (all patients, no labels): the
-                    # other fractions start from it instead of pretraining again (one fraction: none).
+                    # other fractions start from it instead of pretraining again (one fraction: none;
+                    # a setting none of whose later fractions is asked for: none).
                     if not (run_dir / "checkpoint").is_dir():
                         _simulate(exp, overrides, run_dir, cpus=cpus, cpus_per_site=cpus_per_site)
                     init = [f"init={_export_pretrained(exp, overrides, run_dir)}", "federation.pretrain.rounds=0"]
