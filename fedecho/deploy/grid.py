@@ -7,6 +7,8 @@ Grid and overrides ``send_and_receive``: the same push and pull calls, with the 
 starting at 10 ms and growing to 0.1 s while the sites work (a :class:`~fedecho.deploy.polling.
 PollSchedule`; each look is one small call to the SuperLink on the coordinator's own machine).
 
+The node list, which a strategy asks for three times before each message, is reused for 0.5 s.
+
 Flower also fetches a message's objects (its tensors) with retries 1 s, 2 s, 4 s ... apart when
 they are not uploaded yet, which is the rule when the receiver is prompt: the sender announces a
 message before uploading its objects. :func:`fast_object_pulls` makes one Flower module retry
@@ -74,9 +76,12 @@ def _unpacked(reply: Message) -> Message:
 class PromptGrid(Grid):
     """``grid`` with a prompter ``send_and_receive`` (see the module doc)."""
 
-    def __init__(self, grid: Grid, *, first_poll_s: float = 0.01, max_poll_s: float = 0.1) -> None:
+    def __init__(self, grid: Grid, *, first_poll_s: float = 0.01, max_poll_s: float = 0.1,
+                 node_ids_ttl_s: float = 0.5) -> None:
         self._grid = grid
         self.first_poll_s, self.max_poll_s = first_poll_s, max_poll_s
+        self.node_ids_ttl_s = node_ids_ttl_s
+        self._node_ids: tuple[float, list[int]] | None = None
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         pending = set(self.push_messages(messages))
@@ -106,8 +111,14 @@ class PromptGrid(Grid):
     def create_message(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
         return self._grid.create_message(*args, **kwargs)
 
-    def get_node_ids(self):  # noqa: ANN201
-        return self._grid.get_node_ids()
+    def get_node_ids(self) -> list[int]:
+        """The wrapped Grid's, reused for ``node_ids_ttl_s`` seconds: before each message a strategy
+        asks three times in a row (FedEcho's wait for enough sites, then Flower's sampling), each
+        a call to the SuperLink; waits for sites ask once a second and always get a fresh list."""
+        now = time.monotonic()
+        if self._node_ids is None or now - self._node_ids[0] > self.node_ids_ttl_s:
+            self._node_ids = (now, list(self._grid.get_node_ids()))
+        return list(self._node_ids[1])
 
     def get_nodes(self):  # noqa: ANN201
         return self._grid.get_nodes()

@@ -3,7 +3,8 @@
 The schedule against hand-computed intervals; the SuperNode's clock: Flower's 3 s idle sleep
 follows the idle schedule, its 0.5 s waits for the worker's reply the local one, activity (a
 message received, a reply sent: the loop's own steps, wrapped) restarts both; the hooks exist in
-this Flower; the coordinator's Grid looks again soon after a reply arrives.
+this Flower; the coordinator's Grid looks again soon after a reply arrives and asks the SuperLink
+for its node list once per message, not three times.
 """
 
 from __future__ import annotations
@@ -122,3 +123,24 @@ def test_the_coordinator_looks_soon_after_the_first_reply():
     assert inner.looks[first] < 0.5 + 0.1 + 0.1  # looks at most 0.1 s apart (+ scheduling slack)
     assert inner.looks[first + 1] - inner.looks[first] < 0.08  # then 10 ms later, not 0.1 s
     assert time.monotonic() - start < 0.75
+
+
+def test_the_node_list_is_asked_once_per_message_not_three_times(monkeypatch):
+    from fedecho.deploy.grid import PromptGrid
+
+    class Nodes:
+        asked = 0
+
+        def get_node_ids(self):
+            self.asked += 1
+            return [1, 2] if self.asked == 1 else [1, 2, 3]
+
+    clock = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    inner = Nodes()
+    grid = PromptGrid(inner)  # type: ignore[arg-type]
+    assert [grid.get_node_ids() for _ in range(3)] == [[1, 2]] * 3 and inner.asked == 1
+    clock[0] += 0.4
+    assert grid.get_node_ids() == [1, 2] and inner.asked == 1
+    clock[0] += 0.2  # past 0.5 s: a site that connected since is seen
+    assert grid.get_node_ids() == [1, 2, 3] and inner.asked == 2
