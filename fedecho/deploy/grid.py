@@ -4,13 +4,15 @@ Flower 1.41's deployment Grid (``HttpGrid.send_and_receive``) pushes a round's m
 looks for replies every 3 s, so every exchange with the sites costs a multiple of 3 s even when
 the sites answer in one (a round has two: train and evaluate). :class:`PromptGrid` wraps any
 Grid and overrides ``send_and_receive``: the same push and pull calls, with the pull interval
-starting at 50 ms and growing to 0.25 s while the sites work (each look is one small call to the
-SuperLink on the coordinator's own machine).
+starting at 10 ms and growing to 0.1 s while the sites work (a :class:`~fedecho.deploy.polling.
+PollSchedule`; each look is one small call to the SuperLink on the coordinator's own machine).
+
+The node list, which a strategy asks for three times before each message, is reused for 0.5 s.
 
 Flower also fetches a message's objects (its tensors) with retries 1 s, 2 s, 4 s ... apart when
 they are not uploaded yet, which is the rule when the receiver is prompt: the sender announces a
 message before uploading its objects. :func:`fast_object_pulls` makes one Flower module retry
-after 50 ms, growing to 0.5 s; it is applied to the coordinator's Grid (here) and to the
+after 20 ms, growing to 0.1 s; it is applied to the coordinator's Grid (here) and to the
 SuperNode's loop (fedecho.deploy.supernode).
 
 The PromptGrid also packs every ArrayRecord it sends into one Array and unpacks the replies'
@@ -33,11 +35,12 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from fedecho.deploy.packing import PackedRecordError, pack_message, unpack_message
+from fedecho.deploy.polling import PollSchedule
 
 __all__ = ["PromptGrid", "fast_object_pulls", "prompt"]
 
 
-def fast_object_pulls(module: ModuleType, *, first_s: float = 0.05, cap_s: float = 0.5) -> bool:
+def fast_object_pulls(module: ModuleType, *, first_s: float = 0.02, cap_s: float = 0.1) -> bool:
     """Make ``module``'s calls of Flower's ``pull_objects`` retry an object that is not uploaded
     yet after ``first_s`` seconds (doubling up to ``cap_s``) instead of 1 s (doubling up to 10 s).
     Returns False, changing nothing, where ``module`` does not call it (another Flower)."""
@@ -73,23 +76,28 @@ def _unpacked(reply: Message) -> Message:
 class PromptGrid(Grid):
     """``grid`` with a prompter ``send_and_receive`` (see the module doc)."""
 
-    def __init__(self, grid: Grid, *, first_poll_s: float = 0.05, max_poll_s: float = 0.25) -> None:
+    def __init__(self, grid: Grid, *, first_poll_s: float = 0.01, max_poll_s: float = 0.1,
+                 node_ids_ttl_s: float = 0.5) -> None:
         self._grid = grid
         self.first_poll_s, self.max_poll_s = first_poll_s, max_poll_s
+        self.node_ids_ttl_s = node_ids_ttl_s
+        self._node_ids: tuple[float, list[int]] | None = None
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         pending = set(self.push_messages(messages))
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
-        poll = self.first_poll_s
+        schedule = PollSchedule(self.first_poll_s, self.max_poll_s)
         while pending:
             arrived = list(self.pull_messages(pending))
             replies.extend(arrived)
             pending.difference_update(m.metadata.reply_to_message_id for m in arrived)
             if not pending or (deadline is not None and time.monotonic() >= deadline):
                 break
+            if arrived:  # the other sites are often close behind
+                schedule.reset()
+            poll = schedule.next_interval()
             time.sleep(poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic())))
-            poll = min(poll * 1.5, self.max_poll_s)
         return replies
 
     # --- everything else is the wrapped Grid's -------------------------------------------------
@@ -103,8 +111,14 @@ class PromptGrid(Grid):
     def create_message(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
         return self._grid.create_message(*args, **kwargs)
 
-    def get_node_ids(self):  # noqa: ANN201
-        return self._grid.get_node_ids()
+    def get_node_ids(self) -> list[int]:
+        """The wrapped Grid's, reused for ``node_ids_ttl_s`` seconds: before each message a strategy
+        asks three times in a row (FedEcho's wait for enough sites, then Flower's sampling), each
+        a call to the SuperLink; waits for sites ask once a second and always get a fresh list."""
+        now = time.monotonic()
+        if self._node_ids is None or now - self._node_ids[0] > self.node_ids_ttl_s:
+            self._node_ids = (now, list(self._grid.get_node_ids()))
+        return list(self._node_ids[1])
 
     def get_nodes(self):  # noqa: ANN201
         return self._grid.get_nodes()

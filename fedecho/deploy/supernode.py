@@ -10,11 +10,14 @@ running: a worker that dies is started again (the site's state is on disk), the 
 ends both.
 
 The SuperNode runs as ``python -m fedecho.deploy.supernode --idle-poll S -- <flower-supernode
-arguments>``: Flower's own ``flower-supernode`` main, with two changes: its loop waits at most
-``S`` seconds (default :data:`IDLE_POLL_S`) where Flower 1.41 waits 3 s before asking the
-SuperLink for the next message and 0.5 s for the worker's reply, and it fetches a message's
-tensors promptly (:func:`fedecho.deploy.grid.fast_object_pulls`). (Flower's waits add 1-7 s to
-every message; each idle poll is one small authenticated HTTPS request.)
+arguments>``: Flower's own ``flower-supernode`` main, with its loop's waits shortened
+(:class:`PromptClock`, schedules of :mod:`fedecho.deploy.polling`) and its tensors fetched promptly
+(:func:`fedecho.deploy.grid.fast_object_pulls`). Flower 1.41 waits 3 s before asking the SuperLink
+again for the next message and 0.5 s between looks for the worker's reply and its objects (1-7 s
+added to every message). Here the SuperNode asks for its next message 20 ms after it received or
+answered one, backing off to at most ``S`` seconds (default :data:`IDLE_POLL_S`) while none
+comes (each ask is one small authenticated HTTPS request to the coordinator), and looks for the
+worker's reply in its own memory every 5 ms, backing off to 50 ms.
 
 The node config the ClientApp reads (``client/app.py``): bundle-dir, site, site-index,
 data-format, data-root, state-dir, device.
@@ -22,6 +25,7 @@ data-format, data-root, state-dir, device.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -29,14 +33,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fedecho.deploy.polling import PollSchedule
 from fedecho.deploy.process import ManagedProcess, executable
 
-__all__ = ["DEFAULT_CLIENTAPPIO_PORT", "IDLE_POLL_S", "WORKER_SECRET", "bundle_fields", "node_config",
-           "run_prompt_supernode", "supernode_command", "supervise", "worker_command"]
+__all__ = ["DEFAULT_CLIENTAPPIO_PORT", "IDLE_POLL_S", "WORKER_SECRET", "PromptClock", "bundle_fields", "node_config",
+           "prompt_clock", "run_prompt_supernode", "supernode_command", "supervise", "watch_loop", "worker_command"]
 
 #: Flower's default local port of a SuperNode (its Runtime API); one per SuperNode on a host.
 DEFAULT_CLIENTAPPIO_PORT = 9094
-#: Longest wait of the SuperNode's loop between two looks for work (Flower's own: 3 s).
+#: Longest wait of the SuperNode's loop between two asks for work (Flower's own: 3 s); right after
+#: a message it asks sooner (:func:`prompt_clock`).
 IDLE_POLL_S = 0.25
 #: The SuperExec shared secret between a SuperNode and its worker, in the site's state folder.
 WORKER_SECRET = "worker.secret"
@@ -109,28 +115,81 @@ def _prompt_supernode(idle_poll: float) -> list[str]:
     return [sys.executable, "-m", "fedecho.deploy.supernode", "--idle-poll", str(idle_poll), "--"]
 
 
-class _PromptClock:
-    """Flower's ``time`` module as the SuperNode loop sees it, with waits capped."""
+#: Flower 1.41's SuperNode loop sleeps this long (or longer) only when the SuperLink had no message.
+_FLOWER_IDLE_SLEEP_S = 1.0
 
-    def __init__(self, cap: float) -> None:
-        self.cap = cap
+
+class PromptClock:
+    """Flower's ``time`` module as the SuperNode loop sees it: its sleeps follow two schedules.
+
+    A sleep of :data:`_FLOWER_IDLE_SLEEP_S` or more (Flower's 3 s) is the loop waiting before it
+    asks the SuperLink again for a message: it follows ``idle`` (and never exceeds Flower's). A
+    shorter one (Flower's 0.5 s) is the loop waiting for the worker's reply or its objects in the
+    SuperNode's own memory: it follows ``local``. :meth:`activity` (a message received or a reply
+    sent, see :func:`watch_loop`) restarts both: the next message or reply is likely soon."""
+
+    def __init__(self, idle: PollSchedule, local: PollSchedule) -> None:
+        self.idle, self.local = idle, local
 
     def sleep(self, seconds: float) -> None:
-        time.sleep(min(seconds, self.cap))
+        schedule = self.idle if seconds >= _FLOWER_IDLE_SLEEP_S else self.local
+        time.sleep(min(seconds, schedule.next_interval()))
+
+    def activity(self) -> None:
+        self.idle.reset()
+        self.local.reset()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
 
 
+def watch_loop(loop: Any, clock: PromptClock) -> bool:
+    """Tell ``clock`` when Flower's SuperNode ``loop`` module received a message
+    (``_pull_and_store_message`` returned a run id) or sent a reply (``_push_messages`` returned).
+    Returns False, changing nothing, where the loop has no such steps (another Flower)."""
+    pull, push = getattr(loop, "_pull_and_store_message", None), getattr(loop, "_push_messages", None)
+    if not (callable(pull) and callable(push)) or getattr(pull, "fedecho_watched", False):
+        return False
+
+    @functools.wraps(pull)
+    def pulled(*args: Any, **kwargs: Any) -> Any:
+        run_id = pull(*args, **kwargs)
+        if run_id is not None:
+            clock.activity()
+        return run_id
+
+    @functools.wraps(push)
+    def pushed(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return push(*args, **kwargs)
+        finally:
+            clock.activity()
+
+    pulled.fedecho_watched = True  # type: ignore[attr-defined]
+    loop._pull_and_store_message, loop._push_messages = pulled, pushed
+    return True
+
+
+def prompt_clock(idle_poll: float) -> PromptClock:
+    """The SuperNode's clock: the next message asked for 20 ms after activity, backing off to
+    ``idle_poll`` s; the worker's reply looked for every 5 ms, backing off to 50 ms."""
+    return PromptClock(idle=PollSchedule(first_s=min(0.02, idle_poll), cap_s=idle_poll),
+                       local=PollSchedule(first_s=0.005, cap_s=min(0.05, idle_poll)))
+
+
 def run_prompt_supernode(idle_poll: float, flower_args: list[str]) -> None:
-    """Flower's ``flower-supernode`` with its loop's waits capped at ``idle_poll`` seconds."""
+    """Flower's ``flower-supernode`` with its loop's waits shortened (see the module doc)."""
     from flwr.supernode import start_client_internal as loop
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
     from fedecho.deploy.grid import fast_object_pulls
 
     if getattr(loop, "time", None) is time and fast_object_pulls(loop):
-        loop.time = _PromptClock(idle_poll)
+        clock = prompt_clock(idle_poll)
+        if not watch_loop(loop, clock):
+            print(f"fedecho: flwr {getattr(loop, 'package_version', '?')} changed its SuperNode loop's steps; "
+                  f"looking for messages every {idle_poll} s", file=sys.stderr, flush=True)
+        loop.time = clock
     else:  # a Flower whose loop no longer sleeps on `time`: correct, only slower
         print(f"fedecho: flwr {getattr(loop, 'package_version', '?')} changed its SuperNode loop; running it "
               f"with Flower's own waits", file=sys.stderr, flush=True)

@@ -275,7 +275,7 @@ def test_fast_object_pulls_shortens_flowers_back_off_once():
     module = types.SimpleNamespace(pull_objects=pull_objects)
     assert fast_object_pulls(module) and not fast_object_pulls(module)  # type: ignore[arg-type]
     module.pull_objects(["a"], pull_object_fn=None)
-    assert seen == {"initial_backoff": 0.05, "backoff_cap": 0.5}
+    assert seen == {"initial_backoff": 0.02, "backoff_cap": 0.1}
     assert not fast_object_pulls(types.SimpleNamespace())  # type: ignore[arg-type]
     from flwr.superlink.grid import http_grid
     from flwr.supernode import start_client_internal
