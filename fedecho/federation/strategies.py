@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from flwr.app import ArrayRecord
 from flwr.serverapp import strategy as fl
 
 from fedecho.config.federation import MEAN_STRATEGIES, PrivacyConfig, StrategyConfig
@@ -41,8 +42,6 @@ class _StatisticsAveraged:
         if arrays is None or not any(is_norm_statistic(k) for k in arrays):
             return arrays, metrics
         mean, _ = fl.FedAvg.aggregate_train(self, server_round, replies)  # type: ignore[arg-type]
-        from flwr.app import ArrayRecord
-
         arrays = ArrayRecord({k: (mean[k] if is_norm_statistic(k) else v) for k, v in arrays.items()})
         if isinstance(getattr(self, "current_arrays", None), ArrayRecord):  # FedAvgM's next pseudo-gradient
             self.current_arrays = arrays
