@@ -127,7 +127,7 @@ def prediction_arrays(
     ``probs`` = softmax of the logits. Regression: outputs already in physical units.
     Segmentation: ``max_examples`` evenly spaced items as examples (images min–max scaled to
     [0, 1] for display) and ``sample_dice`` of every item (empty structure = 1, as in the task's
-    metrics). LVH: a regression file of caliper lengths (mm when the spacing is known, else px),
+    metrics), with ``phases`` when the items have a cardiac phase (CAMUS ED/ES). LVH: a regression file of caliper lengths (mm when the spacing is known, else px),
     one row per annotated measurement, ``quantities`` naming it; no embeddings.
     Above ``max_embeddings`` samples a subset drawn with ``np.random.default_rng(seed)`` keeps
     embeddings, listed in ``embedding_index``.
@@ -236,7 +236,15 @@ def _segmentation(task: Any, run: PredictionRun, patients: np.ndarray | None, si
         "sample_dice": np.clip(dice_per_label(pred, masks, structures), 0.0, 1.0),
         "structure_names": np.asarray(task.classes[1:], dtype=str),
         **_per_sample(patients, sites),
+        **_phases(run.batch.get("phase")),
     }
+
+
+def _phases(phases: Any) -> dict[str, np.ndarray]:
+    """``phases`` (N,) str when the items carry a cardiac phase (CAMUS ED/ES images), else nothing."""
+    if phases is None or not any(phases):
+        return {}
+    return {"phases": np.asarray([str(p) for p in phases])}
 
 
 def _lvh(task: Any, run: PredictionRun, patients: np.ndarray | None,

@@ -53,7 +53,11 @@ class ArmResult:
     """Federated and local-only arms: the partition the sites come from (equal = same sites)."""
 
     def value(self, task: str, metric: str) -> float:
+        """The run's own metric (central, else the sites'); a metric only the prediction file gives
+        (e.g. ``dice/lv_cavity@ED``) is its interval's estimate."""
         central, sites = self.central.get(task, {}), self.sites.get(task, {})
+        if metric not in central and metric not in sites and metric in self.ci.get(task, {}):
+            return float(self.ci[task][metric][0])
         return float((central if metric in central else sites).get(metric, math.nan))
 
 
@@ -207,6 +211,9 @@ def _joint_interval(paths: list[Path], metric: str) -> tuple[float, float] | Non
         arrays = {"images": first["images"], "masks": first["masks"], "pred_masks": first["pred_masks"],
                   "sample_dice": np.mean([f["sample_dice"] for f in files], axis=0),
                   "structure_names": first["structure_names"], **extra}
+        phases = first.get("phases")
+        if phases is not None and all(np.array_equal(f.get("phases"), phases) for f in files):
+            arrays["phases"] = phases
     elif kind == "regression":
         if any(f["targets"].shape != first["targets"].shape for f in files):
             return None

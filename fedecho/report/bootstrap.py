@@ -91,7 +91,9 @@ def prediction_cis(
     when the file has ``patients``.
 
     segmentation (needs ``sample_dice``): ``dice/<structure>`` (mean Dice of the structure over
-    items) and ``dice`` (the mean of those over structures, as the task reports it); a file
+    items) and ``dice`` (the mean of those over structures, as the task reports it); with
+    ``phases`` of two or more named phases, also ``dice@<phase>`` and ``dice/<structure>@<phase>``
+    over that phase's items (CAMUS: ``dice/lv_cavity@ED``, the literature's LV Dice at ED); a file
     without ``sample_dice`` gives {}. classification: ``accuracy``, ``balanced_accuracy``,
     ``auroc``. regression: ``mae``, and ``mae/<quantity>`` per quantity.
 
@@ -136,6 +138,14 @@ def _prediction_cis(
         out["dice"] = ci(dice, lambda d: float(np.mean(d.mean(axis=0))))
         for s, name in enumerate(predictions["structure_names"]):
             out[f"dice/{name}"] = ci(dice[:, s])
+        phases = predictions.get("phases")
+        named = sorted({str(p) for p in phases.tolist()} - {""}) if phases is not None else []
+        for phase in named if len(named) > 1 else []:  # e.g. CAMUS: Dice at ED and at ES
+            chosen = phases == phase
+            groups = None if patients is None else patients[chosen]
+            out[f"dice@{phase}"] = ci(dice[chosen], lambda d: float(np.mean(d.mean(axis=0))), groups=groups)
+            for s, name in enumerate(predictions["structure_names"]):
+                out[f"dice/{name}@{phase}"] = ci(dice[chosen, s], groups=groups)
     elif predictions.kind == "classification":
         probs = predictions["probs"].astype(np.float64)
         targets = predictions["targets"].astype(np.int64)

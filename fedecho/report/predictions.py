@@ -21,7 +21,8 @@ segmentation (``pred_masks`` present)
     cavity, 2 myocardium, 3 LA for CAMUS); optional ``class_names`` (C,) str naming label values
     0..C-1. Optional statistics over all N evaluated items: ``sample_dice`` (N, S) float in [0, 1]
     (Dice of each item and structure), with ``structure_names`` (S,) str (required with it), and
-    ``patients`` (N,) str, ``sites`` (N,) str (allowed only with ``sample_dice``).
+    ``patients`` (N,) str, ``sites`` (N,) str, ``phases`` (N,) str (each item's cardiac phase, e.g.
+    ``ED``/``ES``; ``""`` where unknown) (allowed only with ``sample_dice``).
 
 Every array must be finite. Both functions check the whole file and raise one
 :class:`~fedecho.data.errors.EchoDataError` naming the file and listing every problem.
@@ -53,7 +54,7 @@ PREDICTION_KEYS: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "regression": (("preds", "targets"), ("unit", "quantities", "embeddings", "embedding_index", "sites", "patients")),
     "segmentation": (
         ("images", "masks", "pred_masks"),
-        ("class_names", "sample_dice", "structure_names", "patients", "sites"),
+        ("class_names", "sample_dice", "structure_names", "patients", "sites", "phases"),
     ),
 }
 #: the key whose presence decides the kind
@@ -274,7 +275,7 @@ def _check_segmentation(arrays: Mapping[str, np.ndarray]) -> list[str]:
 def _check_sample_dice(arrays: Mapping[str, np.ndarray]) -> list[str]:
     """The optional per-item statistics of a segmentation file."""
     if "sample_dice" not in arrays:
-        extra = [key for key in ("structure_names", "patients", "sites") if key in arrays]
+        extra = [key for key in ("structure_names", "patients", "sites", "phases") if key in arrays]
         return [f"{key!r} describes 'sample_dice' rows but the file has no 'sample_dice'" for key in extra]
     if "structure_names" not in arrays:
         return ["'sample_dice' needs 'structure_names' (S,) naming its columns"]
@@ -289,5 +290,6 @@ def _check_sample_dice(arrays: Mapping[str, np.ndarray]) -> list[str]:
         problems.append(f"'sample_dice' has {dice.shape[1]} columns but 'structure_names' has {len(names)} names")
     if dice.size and (dice.min() < 0 or dice.max() > 1):
         problems.append(f"'sample_dice' must lie in [0, 1], got [{dice.min():.4g}, {dice.max():.4g}]")
-    problems += [p for key in ("patients", "sites") if key in arrays and (p := _rows_problem(arrays, key, 1, "str", len(dice)))]
+    problems += [p for key in ("patients", "sites", "phases")
+                 if key in arrays and (p := _rows_problem(arrays, key, 1, "str", len(dice)))]
     return problems

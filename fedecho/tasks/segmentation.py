@@ -100,6 +100,12 @@ class LVSegmentationTask(Task):
         return len(self.classes)
 
     # --- data -----------------------------------------------------------------------------------
+    def id_fields(self, sample: Sample) -> dict[str, str]:
+        """The ids, plus ``phase``: the image's cardiac phase (``ED``/``ES``, e.g. CAMUS) or ``""``,
+        so test Dice can be read per phase as the literature reports it."""
+        phase = sample.labels.get("phase")
+        return {**super().id_fields(sample), "phase": phase if isinstance(phase, str) else ""}
+
     def example_keys(self, record: ItemRecord) -> list[Hashable]:
         frames = label_value(record.labels, "mask_frames")
         if frames is not None:

@@ -23,6 +23,7 @@ from fedecho.engine.predictions import (
     run_predictions,
 )
 from fedecho.engine.trainer import Trainer
+from fedecho.report.bootstrap import prediction_cis
 from fedecho.report.predictions import load_predictions, save_predictions
 from fedecho.tasks.metrics import classification_metrics
 
@@ -119,8 +120,15 @@ def test_segmentation_per_item_dice_averages_to_the_task_metrics(data_root, tmp_
     images = arrays["images"]
     assert images.min() == 0.0 and images.max() == 1.0
     assert arrays["patients"].tolist() == list(run.batch["patient_id"])
+    # each image's cardiac phase, read by the CAMUS reader from its file name (patientXXXX_4CH_ED.nii.gz);
+    # a traced frame of a half sequence has none
+    expected = [item.rsplit("_", 1)[1] if item.endswith(("_ED", "_ES")) else "" for item in run.batch["item_id"]]
+    assert arrays["phases"].tolist() == expected
+    assert {"ED", "ES"} <= set(arrays["phases"].tolist())
     loaded = load_predictions(save_predictions(tmp_path / "lv_seg.npz", **arrays))
     assert (loaded.kind, loaded.size, loaded.num_items) == ("segmentation", 4, n)
+    ed = loaded["phases"] == "ED"
+    assert prediction_cis(loaded, n_boot=50)["dice/lv_cavity@ED"][0] == pytest.approx(arrays["sample_dice"][ed, 0].mean())
 
 
 def test_lvh_rows_are_caliper_lengths_whose_mean_error_is_the_task_mae_mm(data_root):

@@ -40,6 +40,10 @@ def test_row_ratio_cpu_and_markdown(tmp_path):
     assert fed.round_bytes_sent == 1000 and fed.round_bytes_received == 500
     assert fed.value("lv_seg", "dice/lv_cavity") == pytest.approx(0.88)  # central first
     assert math.isnan(fed.value("lv_seg", "dice/septum"))
+    # a metric only the prediction file's intervals give (Dice at ED) is their estimate
+    with_phase = replace(fed, ci={"lv_seg": {"dice/lv_cavity@ED": [0.93, 0.9, 0.95], "dice/lv_cavity": [0.5, 0.4, 0.6]}})
+    assert with_phase.value("lv_seg", "dice/lv_cavity@ED") == 0.93
+    assert with_phase.value("lv_seg", "dice/lv_cavity") == pytest.approx(0.88)  # the run's own value first
     payload = write_results(exp, "full", tmp_path, {"pooled": pooled, "fedavg-intensity": fed})
     (row,) = payload["rows"]
     assert row["ratio"] == pytest.approx(0.88 / 0.90)

@@ -194,3 +194,33 @@ def test_average_ranks_are_scipys_rankdata_exactly():
         assert average_ranks(x).dtype == np.float64
     for columns in (rng.random((40, 5)), np.round(rng.random((30, 3)), 1), rng.integers(0, 2, (20, 2))):
         np.testing.assert_array_equal(average_ranks(columns), rankdata(columns, axis=0))  # each column
+
+
+def test_segmentation_dice_per_cardiac_phase(tmp_path):
+    """CAMUS reports LV Dice at ED and at ES: with ``phases`` a segmentation file's intervals add
+    ``dice@ED``/``dice/<structure>@ED`` (and ES) over that phase's items only, patients resampled;
+    one named phase (or none) adds nothing; a ``phases`` column of the wrong length is refused."""
+    from fedecho.data.errors import EchoDataError
+
+    rng = np.random.default_rng(3)
+    n = 40
+    dice = rng.uniform(0.6, 1.0, size=(n, 2))
+    phases = np.array(["ED", "ES"] * (n // 2))
+    patients = np.repeat([f"p{i:02d}" for i in range(n // 2)], 2)
+    masks = np.zeros((1, 4, 4), np.int64)
+    common = dict(images=np.zeros((1, 4, 4), np.float32), masks=masks, pred_masks=masks,
+                  sample_dice=dice, structure_names=np.array(["lv_cavity", "myocardium"]), patients=patients)
+    save_predictions(tmp_path / "seg.npz", **common, phases=phases)
+    cis = prediction_cis(load_predictions(tmp_path / "seg.npz"), n_boot=300)
+    for phase in ("ED", "ES"):
+        chosen = dice[phases == phase]
+        assert cis[f"dice/lv_cavity@{phase}"][0] == pytest.approx(chosen[:, 0].mean())
+        assert cis[f"dice/myocardium@{phase}"][0] == pytest.approx(chosen[:, 1].mean())
+        assert cis[f"dice@{phase}"][0] == pytest.approx(chosen.mean())
+        assert cis[f"dice/lv_cavity@{phase}"] == bootstrap_ci(chosen[:, 0], groups=patients[phases == phase], n_boot=300)
+    assert cis["dice/lv_cavity"][0] == pytest.approx(dice[:, 0].mean())  # all items, as before
+
+    save_predictions(tmp_path / "one.npz", **common, phases=np.array(["ED"] * n))
+    assert not any("@" in key for key in prediction_cis(load_predictions(tmp_path / "one.npz"), n_boot=50))
+    with pytest.raises(EchoDataError, match="phases"):
+        save_predictions(tmp_path / "bad.npz", **common, phases=phases[:-1])
