@@ -42,8 +42,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.app.message import make_message
 from flwr.common.constant import FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE
 
-__all__ = ["PACKED_KEY", "PACKED_STYPE", "PackedRecordError", "is_packed", "pack_bytes", "pack_message", "pack_record",
-           "unpack_message", "unpack_record"]
+__all__ = ["MAX_VALUE_BYTES", "PACKED_KEY", "PACKED_STYPE", "PackedRecordError", "is_packed", "pack_bytes",
+           "pack_message", "pack_record", "unpack_message", "unpack_record"]
 
 #: The one key of a ConfigRecord that carries packed arrays.
 PACKED_KEY = "fedecho.packed-arrays"
