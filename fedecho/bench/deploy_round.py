@@ -22,8 +22,19 @@ coordinator, validation, aggregation, checkpoint). ``objects_per_message``: the 
 a train message or its reply travelled as (each is one HTTP call at every hop; the tensors travel
 packed, see fedecho.deploy.packing).
 
-Full mode also measures the old path once: the same sites with Flower's stock per-message
-``flwr-clientapp`` process (``--isolation subprocess``), the "before" number.
+Full mode adds two rows, one run per side each:
+
+- the issue's own reference configuration: the README "Deploy" recipe's run
+  (``model.image_size=64 task.image_size=[64,64] task.classes=[A4C,A2C]``, the default model:
+  ResNet-18 with a LoRA adapter), on the same sites and the same simulated data as the tiny row,
+  with one torch thread per site and the CPU on both sides (:data:`REFERENCE`), deployed vs
+  simulated, rounds 2-3 as above;
+- the old path once: the same sites with Flower's stock per-message ``flwr-clientapp`` process
+  (``--isolation subprocess``), the "before" number.
+
+Data: each deployed site reads its own 8 synthetic patients (seeds 1 and 2, scanner styles A and
+B); the simulation splits 16 patients of the same generator (mixed styles) into 2 IID virtual
+sites of 8: the same amount and kind of data per site, not the same files.
 """
 
 from __future__ import annotations
@@ -40,13 +51,17 @@ from typing import Any
 
 from fedecho.bench.common import BenchOptions, Goal, Row, summarize
 
-__all__ = ["DEPLOY_GOAL", "round_breakdown", "run"]
+__all__ = ["DEPLOY_GOAL", "REFERENCE", "TINY", "round_breakdown", "run"]
 
 DEPLOY_GOAL = Goal("<=", 1.3)
 SITES = ("A", "B")
 PATIENTS_PER_SITE = 8
 TINY = ["model.image_size=32", "task.image_size=[32,32]", "model.overrides={layers:[1,1,1,1]}",
         "task.classes=[A4C,A2C]", "train.batch_size=8", "train.threads=1", "train.device=cpu"]
+#: The README "Deploy" recipe's run (issue #11's reference: the default model at 64 px), with one
+#: torch thread per site and the CPU on both sides.
+REFERENCE = ["model.image_size=64", "task.image_size=[64,64]", "task.classes=[A4C,A2C]", "train.threads=1",
+             "train.device=cpu"]
 ROUNDS = 3
 TIMEOUT_S = 900
 
@@ -139,9 +154,10 @@ class _Federation:
             _wait(lambda p=process: "SuperNode ID" in p.tail(100_000), 180, process)
         return sites
 
-    def run(self, name: str) -> Path:
+    def run(self, name: str, overrides: list[str] = TINY) -> Path:  # noqa: B006 - never mutated
         run_dir = self.root / "runs" / name
-        result = subprocess.run(_cli("server", "run", "federated", *TINY, f"federation.adapt.rounds={ROUNDS}", "--dir",
+        result = subprocess.run(_cli("server", "run", "federated", *overrides, f"federation.adapt.rounds={ROUNDS}",
+                                     "--dir",
                                      self.fed.root, "--run-dir", run_dir, "--timeout", TIMEOUT_S),
                                 capture_output=True, text=True, timeout=TIMEOUT_S + 60, check=False,
                                 env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"})
@@ -165,11 +181,11 @@ def _wait(predicate, timeout: float, process) -> None:  # noqa: ANN001
     raise TimeoutError(f"{process.name} not ready after {timeout:.0f} s:\n{process.tail()}")
 
 
-def _simulated(root: Path, name: str) -> dict[int, float]:
+def _simulated(root: Path, name: str, overrides: list[str] = TINY) -> dict[int, float]:  # noqa: B006
     from fedecho.federation.simulation import simulate
 
     run_dir = root / "sim" / name
-    simulate("federated", [*TINY, "data.format=camus", f"data.root={root / 'data_pooled'}",
+    simulate("federated", [*overrides, "data.format=camus", f"data.root={root / 'data_pooled'}",
                            f"federation.num_sites={len(SITES)}", f"federation.adapt.rounds={ROUNDS}",
                            "federation.central_eval=false", f"federation.run_dir={run_dir}"],
              total_cpus=len(SITES))
@@ -178,6 +194,19 @@ def _simulated(root: Path, name: str) -> dict[int, float]:
 
 def _later(rounds: dict[int, float]) -> float:
     return statistics.median(rounds[r] for r in rounds if r >= 2)
+
+
+def _reference_row(federation: _Federation, root: Path) -> Row:
+    """The README recipe's configuration (:data:`REFERENCE`), deployed then simulated, once each."""
+    deployed_rounds = _adapt_seconds(federation.run("reference", REFERENCE))
+    simulated_rounds = _simulated(root, "reference", REFERENCE)
+    deployed, simulated = _later(deployed_rounds), _later(simulated_rounds)
+    return Row(
+        "README recipe (64 px, default model), warm site worker, rounds 2-3", "deployed / simulated round wall time",
+        "ratio", summarize([deployed / simulated]), DEPLOY_GOAL,
+        details={"overrides": REFERENCE, "deployed_rounds_s": {str(k): round(v, 2) for k, v in deployed_rounds.items()},
+                 "simulated_rounds_s": {str(k): round(v, 2) for k, v in simulated_rounds.items()}},
+        note=f"deployed {deployed:.2f} s vs simulated {simulated:.2f} s per round (one run per side)")
 
 
 def run(options: BenchOptions) -> list[Row]:
@@ -209,6 +238,7 @@ def run(options: BenchOptions) -> list[Row]:
                     breakdowns.append({**round_breakdown(records, seconds),
                                        "objects_per_message": max(objects, default=0)})
             pids = {site: sorted({r["pid"] for r in read_worker_log(root / "state_warm" / site)}) for site in SITES}
+            reference = None if options.quick else _reference_row(federation, root)
             federation.stop(warm_sites)
             ratios = [d / s for d, s in zip(deployed, simulated, strict=True)]
             last = breakdowns[-1]
@@ -225,7 +255,8 @@ def run(options: BenchOptions) -> list[Row]:
                       f"+ aggregation {last['coordinator_s']} s "
                       f"(slower site, train + evaluate); at most {last['objects_per_message']} Flower objects per "
                       f"train message or reply; one worker process per site: {pids}")))
-            if not options.quick:
+            if reference is not None:
+                rows.append(reference)
                 stock_sites = federation.start_sites(superlink, warm=False, tag="stock")
                 stock = _adapt_seconds(federation.run("stock"))
                 federation.stop(stock_sites)

@@ -15,9 +15,9 @@ message before uploading its objects. :func:`fast_object_pulls` makes one Flower
 after 20 ms, growing to 0.1 s; it is applied to the coordinator's Grid (here) and to the
 SuperNode's loop (fedecho.deploy.supernode).
 
-The PromptGrid also packs every ArrayRecord it sends into one Array and unpacks the replies'
-(:mod:`fedecho.deploy.packing`): a message then travels as ~6 objects instead of one per tensor
-and chunk (~56 for a 26-tensor adapter), at every hop. A reply whose packed bytes do not add up is
+The PromptGrid also packs every ArrayRecord it sends into one record value and unpacks the
+replies' (:mod:`fedecho.deploy.packing`): a train message and its reply then travel as 4 objects
+each instead of one per tensor and chunk (~56 for a 26-tensor adapter), at every hop. A reply whose packed bytes do not add up is
 handed on as an error reply from its site (code ``MESSAGE_UNAVAILABLE``), not raised: one bad site
 does not fail the round. Everything else is the wrapped Grid's.
 """

@@ -1,23 +1,33 @@
-"""A deployment's transport encoding of tensors: each ArrayRecord travels as one Array.
+"""A deployment's transport encoding of tensors: each ArrayRecord travels as one record value.
 
 Flower 1.41 moves a message as a tree of objects (the message, its RecordDict, each record,
 each Array and each Array's chunks), one HTTP call per object at every hop: coordinator ->
-SuperLink -> gateway -> SuperNode -> site worker and back. A 26-tensor LoRA adapter is ~56
-objects, so one deployed round made some 400 small authenticated calls, each stored in the
-SuperLink's SQLite state; they, not the site's work, made most of a deployed round's time.
+SuperLink -> gateway -> SuperNode -> site worker and back, each receiver fetching them two at a
+time (``FLWR_PRIVATE_MAX_CONCURRENT_OBJ_PULLS``, capped at the core count). A 26-tensor LoRA
+adapter as Flower sends it is ~56 objects; every object, not the site's work, costs a deployed
+round its time.
 
-:func:`pack_message` replaces every ArrayRecord of two or more arrays by an ArrayRecord holding one
-Array of stype :data:`PACKED_STYPE` whose bytes are the original arrays' fields and payloads,
-in order; :func:`unpack_message` restores the exact same Arrays (names, order, dtype, shape,
-stype, bytes). The coordinator's Grid (:class:`fedecho.deploy.grid.PromptGrid`) packs what it
-sends and unpacks what it receives; the ClientApp (``client/app.py``) unpacks what it receives and
-packs its reply when the message came packed (so the simulation, whose Grid never packs, sees
-plain records). The site's gate and audit log work on the unpacked message and reply: they see and
-record the tensors that crossed the wire, byte for byte.
+:func:`pack_message` replaces every non-empty ArrayRecord by a *carrier* of the same key holding
+its arrays' fields and payloads as one bytes value (:func:`pack_bytes`):
+
+- a ConfigRecord with the single entry :data:`PACKED_KEY` (one Flower object: a train message is
+  the message, its RecordDict, the carrier and the config record, 4 objects instead of 6 with
+  the tensors in an Array and its chunk), when the bytes fit in one Flower object (at most
+  ``FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE``, 5 MiB: a record value is never chunked);
+- otherwise an ArrayRecord holding one Array of stype :data:`PACKED_STYPE` (Flower cuts its
+  bytes into chunks of that size: 3 objects + one per further chunk).
+
+:func:`unpack_message` restores the exact same Arrays (names, order, dtype, shape, stype, bytes)
+from either carrier. The coordinator's Grid (:class:`fedecho.deploy.grid.PromptGrid`) packs what
+it sends and unpacks what it receives; the ClientApp (``client/app.py``) unpacks what it
+receives and packs its reply when the message came packed (so the simulation, whose Grid never
+packs, sees plain records). The site's gate and audit log work on the unpacked message and
+reply: they see and record the tensors that crossed the wire, byte for byte.
 
 Packed bytes from the other side are untrusted: :func:`unpack_record` checks the whole layout
 (magic, header, field types, lengths adding up) before cutting it and raises
-:class:`PackedRecordError` naming the problem.
+:class:`PackedRecordError` naming the problem. A ConfigRecord is a carrier only when
+:data:`PACKED_KEY` is its one entry and a bytes value; any other ConfigRecord is left alone.
 
 Layout: ``MAGIC`` + header length (4 bytes, little endian) + header (JSON list of ``[name, dtype,
 shape, stype, nbytes]``) + the payloads back to back.
@@ -28,13 +38,19 @@ from __future__ import annotations
 import json
 import struct
 
-from flwr.app import Array, ArrayRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.app.message import make_message
+from flwr.common.constant import FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE
 
-__all__ = ["PACKED_STYPE", "PackedRecordError", "is_packed", "pack_message", "pack_record", "unpack_message",
-           "unpack_record"]
+__all__ = ["MAX_VALUE_BYTES", "PACKED_KEY", "PACKED_STYPE", "PackedRecordError", "is_packed", "pack_bytes",
+           "pack_message", "pack_record", "unpack_message", "unpack_record"]
 
-#: The stype of a packed record's single Array.
+#: The one key of a ConfigRecord that carries packed arrays.
+PACKED_KEY = "fedecho.packed-arrays"
+#: Largest packed bytes carried as a ConfigRecord value (one Flower object, never chunked): the size
+#: Flower cuts an Array's bytes into. Larger ones travel as an Array, in chunks.
+MAX_VALUE_BYTES = FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE
+#: The stype of a packed record's single Array (bytes over :data:`MAX_VALUE_BYTES`).
 PACKED_STYPE = "fedecho.packed-arrays/1"
 #: Its (unused) dtype field and the name of its one entry in the packed ArrayRecord.
 _DTYPE = "bytes"
@@ -52,22 +68,37 @@ class PackedRecordError(ValueError):
         super().__init__(f"packed arrays: {problem}")
 
 
-def is_packed(record: ArrayRecord) -> bool:
-    """Whether ``record`` is one packed Array (see the module doc)."""
-    return len(record) == 1 and getattr(next(iter(record.values())), "stype", None) == PACKED_STYPE
+def is_packed(record: object) -> bool:
+    """Whether ``record`` is a carrier of packed arrays: a ConfigRecord whose one entry is
+    :data:`PACKED_KEY` with a bytes value, or an ArrayRecord of one Array of stype
+    :data:`PACKED_STYPE` (see the module doc)."""
+    if isinstance(record, ConfigRecord):
+        return len(record) == 1 and isinstance(record.get(PACKED_KEY), bytes)
+    if isinstance(record, ArrayRecord):
+        return len(record) == 1 and getattr(next(iter(record.values())), "stype", None) == PACKED_STYPE
+    return False
 
 
-def pack_record(record: ArrayRecord) -> ArrayRecord:
-    """``record``'s arrays as one Array (a record of fewer than two arrays is returned as is)."""
-    if len(record) < 2 or is_packed(record):
-        return record
+def pack_bytes(record: ArrayRecord) -> bytes:
+    """``record``'s arrays as one buffer (the layout of the module doc)."""
     header, payloads = [], []
     for name, array in record.items():
         data = bytes(array.data)
         header.append([name, array.dtype, list(array.shape), array.stype, len(data)])
         payloads.append(data)
     head = json.dumps(header, separators=(",", ":")).encode()
-    blob = b"".join([MAGIC, _LENGTH.pack(len(head)), head, *payloads])
+    return b"".join([MAGIC, _LENGTH.pack(len(head)), head, *payloads])
+
+
+def pack_record(record: ArrayRecord, *, max_value_bytes: int = MAX_VALUE_BYTES) -> ConfigRecord | ArrayRecord:
+    """The carrier of ``record``'s arrays: a ConfigRecord when the packed bytes are at most
+    ``max_value_bytes``, else an ArrayRecord of one Array (see the module doc). An empty or
+    already packed record is returned as is."""
+    if not record or is_packed(record):
+        return record
+    blob = pack_bytes(record)
+    if len(blob) <= max_value_bytes:
+        return ConfigRecord({PACKED_KEY: blob})
     return ArrayRecord({_NAME: Array(dtype=_DTYPE, shape=(len(blob),), stype=PACKED_STYPE, data=blob)})
 
 
@@ -85,12 +116,13 @@ def _entry(index: int, entry: object) -> tuple[str, str, tuple[int, ...], str, i
     return name, dtype, tuple(shape), stype, nbytes
 
 
-def unpack_record(record: ArrayRecord) -> ArrayRecord:
-    """The arrays packed in ``record`` (a record that is not packed is returned as is). Raises
-    :class:`PackedRecordError` when the bytes do not add up."""
+def unpack_record(record: ConfigRecord | ArrayRecord) -> ConfigRecord | ArrayRecord:
+    """The arrays a carrier holds, as an ArrayRecord (a record that is no carrier is returned as
+    is). Raises :class:`PackedRecordError` when the bytes do not add up."""
     if not is_packed(record):
         return record
-    data = memoryview(next(iter(record.values())).data)
+    value = record[PACKED_KEY] if isinstance(record, ConfigRecord) else next(iter(record.values())).data
+    data = memoryview(value)
     start = len(MAGIC) + _LENGTH.size
     if len(data) < start or data[:len(MAGIC)] != MAGIC:
         raise PackedRecordError(f"{len(data)} bytes without the packed-arrays magic")
@@ -116,21 +148,23 @@ def unpack_record(record: ArrayRecord) -> ArrayRecord:
     return out
 
 
-def pack_message(message: Message) -> Message:
-    """A message with the same metadata whose ArrayRecords are packed (``message`` itself when it
-    carries an error or nothing to pack). ``message`` is left unchanged."""
-    if message.has_error() or not any(len(r) > 1 for r in message.content.array_records.values()):
+def pack_message(message: Message, *, max_value_bytes: int = MAX_VALUE_BYTES) -> Message:
+    """A message with the same metadata whose non-empty ArrayRecords are carriers (``message``
+    itself when it carries an error or no arrays). ``message`` is left unchanged."""
+    if message.has_error() or not any(len(r) for r in message.content.array_records.values()):
         return message
-    content = RecordDict({key: pack_record(record) if isinstance(record, ArrayRecord) else record
-                          for key, record in message.content.items()})
+    content = RecordDict({key: pack_record(record, max_value_bytes=max_value_bytes)
+                          if isinstance(record, ArrayRecord) else record for key, record in message.content.items()})
     return make_message(metadata=message.metadata, content=content)
 
 
 def unpack_message(message: Message) -> tuple[Message, bool]:
-    """(``message`` with its packed ArrayRecords restored in place, whether any was packed)."""
+    """(``message`` with its carriers restored in place as ArrayRecords, whether it had any)."""
     if message.has_error():
         return message, False
-    packed = [key for key, record in message.content.array_records.items() if is_packed(record)]
-    for key in packed:
-        message.content[key] = unpack_record(message.content[key])
-    return message, bool(packed)
+    if not any(is_packed(record) for record in message.content.values()):
+        return message, False
+    # a new RecordDict in the same order (replacing a record by one of another type in place logs
+    # a Flower warning); the records that are no carriers are the same objects
+    message.content = RecordDict({key: unpack_record(record) for key, record in message.content.items()})
+    return message, True

@@ -260,7 +260,7 @@ class SiteWorker:
         """Execute one claimed task: pull, check the app identity, run the installed app, push."""
         from flwr.app import Error, Message
         from flwr.common.constant import ErrorCode, SubStatus
-        from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+        from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects, no_object_id_recompute
         from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
         client = self._task_client(token)
@@ -290,7 +290,8 @@ class SiteWorker:
                         reply, record["outcome"] = Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
                                                                  APP_ERROR_REASON), reply_to=message), "app-error"
                 record["app_s"] = timer.lap()
-                record["objects_out"] = len(get_all_nested_objects(reply))
+                with no_object_id_recompute():  # a ConfigRecord carrier is re-serialised for every id asked
+                    record["objects_out"] = len(get_all_nested_objects(reply))
                 push_message(client, reply, context)
                 record["push_s"] = timer.lap()
                 sub_status, details = SubStatus.COMPLETED, ""
