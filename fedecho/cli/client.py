@@ -119,8 +119,9 @@ def _start(args: argparse.Namespace) -> int:
     from fedecho.data.check import check_data
     from fedecho.deploy.federation import load_bundle
     from fedecho.deploy.process import ManagedProcess, flower_env, wait_for_port
-    from fedecho.deploy.supernode import (DEFAULT_CLIENTAPPIO_PORT, WORKER_SECRET, bundle_fields, supernode_command,
-                                          supervise, worker_command)
+    from fedecho.deploy.supernode import (DEFAULT_CLIENTAPPIO_PORT, NODE_ID_FILE, WORKER_SECRET, SiteAlreadyRunning,
+                                          bundle_fields, lock_node_id_file, supernode_command, supervise,
+                                          worker_command)
     from fedecho.deploy.worker import write_secret
 
     bundle = load_bundle(args.bundle)
@@ -150,6 +151,10 @@ def _start(args: argparse.Namespace) -> int:
     print(f"site {site} (index {index}): {report.patients} patients, {report.readable_items} "
           f"items in {data} ({len(report.errors)} problems); {sentence}", flush=True)
     state_dir.mkdir(parents=True, exist_ok=True)
+    try:  # a second start of this site: refused before it touches the state of the running one
+        os.close(lock_node_id_file(state_dir / NODE_ID_FILE))
+    except SiteAlreadyRunning as err:
+        raise ValueError(str(err)) from None
     port = args.port or DEFAULT_CLIENTAPPIO_PORT
     secret = write_secret(state_dir / WORKER_SECRET)  # a new one per start: only this start's worker claims tasks
     command = supernode_command(bundle, superlink=superlink, data_root=data, data_format=fmt, state_dir=state_dir,

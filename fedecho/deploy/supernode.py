@@ -19,14 +19,26 @@ answered one, backing off to at most ``S`` seconds (default :data:`IDLE_POLL_S`)
 comes (each ask is one small authenticated HTTPS request to the coordinator), and looks for the
 worker's reply in its own memory every 5 ms, backing off to 50 ms.
 
+A site that stopped without leaving (killed, power cut) stays "online" at the SuperLink until its
+heartbeats are missed for 60 s, and Flower refuses to activate the same key again before that
+(``flower-supernode`` exits with status 305). With ``--node-id-file`` (``fedecho-client start``
+keeps it in the site's state folder) the SuperNode writes its node id there when it joins, holds
+a lock on the file while it runs, and when the SuperLink refuses it, closes that previous session
+itself (a ``DeactivateNode`` call signed with the site's key: the SuperLink only lets a key close
+its own node) and joins at once (:func:`rejoin_hook`). Only a dead SuperNode's session is closed:
+while another SuperNode of the same state folder runs, it holds the lock and a second start
+stops with an error.
+
 The node config the ClientApp reads (``client/app.py``): bundle-dir, site, site-index,
 data-format, data-root, state-dir, device.
 """
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -37,7 +49,7 @@ from fedecho.deploy.polling import PollSchedule
 from fedecho.deploy.process import ManagedProcess, executable
 
 __all__ = ["DEFAULT_CLIENTAPPIO_PORT", "IDLE_POLL_S", "WORKER_SECRET", "PromptClock", "bundle_fields", "node_config",
-           "prompt_clock", "run_prompt_supernode", "supernode_command", "supervise", "watch_loop", "worker_command"]
+           "prompt_clock", "rejoin_hook", "run_prompt_supernode", "supernode_command", "supervise", "watch_loop", "worker_command"]
 
 #: Flower's default local port of a SuperNode (its Runtime API); one per SuperNode on a host.
 DEFAULT_CLIENTAPPIO_PORT = 9094
@@ -46,6 +58,8 @@ DEFAULT_CLIENTAPPIO_PORT = 9094
 IDLE_POLL_S = 0.25
 #: The SuperExec shared secret between a SuperNode and its worker, in the site's state folder.
 WORKER_SECRET = "worker.secret"
+#: The site's node id at the SuperLink (written when it joins), in the site's state folder.
+NODE_ID_FILE = "supernode.node-id"
 
 
 def bundle_fields(bundle: Any) -> tuple[Path, str, int]:
@@ -93,7 +107,8 @@ def supernode_command(bundle: Any, *, superlink: str, data_root: str | Path, dat
     if ":" not in superlink or not superlink.rsplit(":", 1)[1].isdigit():
         raise ValueError(f"--superlink {superlink!r} must be HOST:PORT (e.g. coordinator.example.org:9093)")
     command = [
-        *(_prompt_supernode(idle_poll) if idle_poll else [executable("flower-supernode")]),
+        *(_prompt_supernode(idle_poll, Path(state_dir) / NODE_ID_FILE) if idle_poll
+          else [executable("flower-supernode")]),
         "--superlink", superlink,
         "--root-certificates", str(Path(bundle.ca_cert).resolve()),
         "--auth-supernode-private-key", str(Path(bundle.private_key).resolve()),
@@ -111,8 +126,9 @@ def supernode_command(bundle: Any, *, superlink: str, data_root: str | Path, dat
     return command
 
 
-def _prompt_supernode(idle_poll: float) -> list[str]:
-    return [sys.executable, "-m", "fedecho.deploy.supernode", "--idle-poll", str(idle_poll), "--"]
+def _prompt_supernode(idle_poll: float, node_id_file: Path) -> list[str]:
+    return [sys.executable, "-m", "fedecho.deploy.supernode", "--idle-poll", str(idle_poll),
+            "--node-id-file", str(node_id_file.resolve()), "--"]
 
 
 #: Flower 1.41's SuperNode loop sleeps this long (or longer) only when the SuperLink had no message.
@@ -177,12 +193,94 @@ def prompt_clock(idle_poll: float) -> PromptClock:
                        local=PollSchedule(first_s=0.005, cap_s=min(0.05, idle_poll)))
 
 
-def run_prompt_supernode(idle_poll: float, flower_args: list[str]) -> None:
-    """Flower's ``flower-supernode`` with its loop's waits shortened (see the module doc)."""
+class SiteAlreadyRunning(RuntimeError):
+    """Another live SuperNode holds this site's state folder."""
+
+
+def lock_node_id_file(node_id_file: Path) -> int:
+    """Hold an exclusive lock on ``node_id_file`` for the life of this process (the kernel drops it
+    when the process dies, however it dies). Returns the file descriptor; raises
+    :class:`SiteAlreadyRunning` when another process holds it."""
+    node_id_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(node_id_file, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise SiteAlreadyRunning(f"another SuperNode of this site is running with the state folder "
+                                 f"{node_id_file.parent} (it holds {node_id_file.name}); stop it first") from None
+    return fd
+
+
+def _stored_node_id(fd: int) -> int | None:
+    os.lseek(fd, 0, os.SEEK_SET)
+    text = os.read(fd, 64).decode("ascii", "replace").strip()
+    return int(text) if text.isdigit() else None
+
+
+def _store_node_id(fd: int, node_id: int) -> None:
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.ftruncate(fd, 0)
+    os.write(fd, str(node_id).encode("ascii"))
+    os.fsync(fd)
+
+
+def _activation_refused(err: Exception) -> bool:
+    import httpx
+    from flwr.supercore.error import FlowerError
+    from flwr.supercore.error.base import ApiErrorCode
+
+    if not isinstance(err, httpx.HTTPStatusError):
+        return False
+    flower_error = FlowerError.from_json(err.response.text)
+    return flower_error is not None and int(flower_error.code) == int(ApiErrorCode.FLEET_NODE_ACTIVATION_FAILED)
+
+
+def rejoin_hook(client_class: type, fd: int, say: Callable[[str], None]) -> None:
+    """Wrap ``client_class.ActivateNode`` (Flower's ``FleetHttpClient``): a successful activation
+    stores the node id in the locked file ``fd``; an activation the SuperLink refuses while the file
+    names a node id (this site's previous session, dead since this process holds the lock) closes
+    that session with ``DeactivateNode`` and activates again, once."""
+    from flwr.proto.fleet_pb2 import DeactivateNodeRequest  # pylint: disable=E0611
+
+    original = client_class.ActivateNode
+    if getattr(original, "fedecho_rejoin", False):
+        return
+
+    def activate(self, request, *args, **kwargs):  # noqa: ANN001, ANN202 - Flower's signature
+        try:
+            response = original(self, request, *args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - only a refusal with a stored node id is handled
+            previous = _stored_node_id(fd)
+            if previous is None or not _activation_refused(err):
+                raise
+            say(f"fedecho: the SuperLink still holds this site's previous session (node {previous}; the site "
+                f"stopped without leaving); closing it and joining again")
+            self.DeactivateNode(DeactivateNodeRequest(node_id=previous))
+            response = original(self, request, *args, **kwargs)
+        _store_node_id(fd, response.node_id)
+        return response
+
+    activate.fedecho_rejoin = True  # type: ignore[attr-defined]
+    client_class.ActivateNode = activate
+
+
+def run_prompt_supernode(idle_poll: float, flower_args: list[str], node_id_file: Path | None = None) -> None:
+    """Flower's ``flower-supernode`` with its loop's waits shortened, and (with ``node_id_file``)
+    rejoining promptly after the site was killed (see the module doc)."""
     from flwr.supernode import start_client_internal as loop
     from flwr.supernode.cli.flower_supernode import flower_supernode
+    from flwr.supernode.fleet_http_client import FleetHttpClient
 
     from fedecho.deploy.grid import fast_object_pulls
+
+    if node_id_file is not None:
+        try:
+            fd = lock_node_id_file(node_id_file)
+        except SiteAlreadyRunning as err:
+            print(f"fedecho: {err}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+        rejoin_hook(FleetHttpClient, fd, lambda line: print(line, file=sys.stderr, flush=True))
 
     if getattr(loop, "time", None) is time and fast_object_pulls(loop):
         clock = prompt_clock(idle_poll)
@@ -258,12 +356,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m fedecho.deploy.supernode",
                                      description="flower-supernode with a prompter loop (see fedecho.deploy.supernode)")
     parser.add_argument("--idle-poll", type=float, default=IDLE_POLL_S, help="longest wait of the loop (seconds)")
+    parser.add_argument("--node-id-file", type=Path, default=None,
+                        help="the site's node id, kept to rejoin at once after the site was killed")
     parser.add_argument("flower_args", nargs=argparse.REMAINDER, help="-- then flower-supernode's arguments")
     args = parser.parse_args(argv)
     if not 0 < args.idle_poll <= 3:
         parser.error(f"--idle-poll {args.idle_poll}: give seconds in (0, 3]")
     flower_args = args.flower_args[1:] if args.flower_args[:1] == ["--"] else args.flower_args
-    run_prompt_supernode(args.idle_poll, flower_args)
+    run_prompt_supernode(args.idle_poll, flower_args, args.node_id_file)
 
 
 if __name__ == "__main__":

@@ -86,7 +86,8 @@ def test_supernode_command_and_node_config_as_flower_parses_them(fed, tmp_path):
     data = tmp_path / "my data"  # a space in the path survives
     command = supernode_command(bundle, superlink="coord.example:9200", data_root=data, data_format="camus",
                                 state_dir=tmp_path / "state", port=9500, device="cuda", max_retries=3)
-    assert command[1:6] == ["-m", "fedecho.deploy.supernode", "--idle-poll", "0.25", "--"]  # flower-supernode, prompt
+    assert command[1:8] == ["-m", "fedecho.deploy.supernode", "--idle-poll", "0.25", "--node-id-file",
+                            str((tmp_path / "state" / "supernode.node-id").resolve()), "--"]  # flower-supernode, prompt
     assert _flag(command, "--root-certificates") == str(bundle.path / "ca.pem")
     assert Path(_flag(command, "--root-certificates")).is_absolute()
     assert _flag(command, "--auth-supernode-private-key") == str(bundle.path / "site.key")
