@@ -17,9 +17,14 @@ quickly; the looks a wait costs grow only with the logarithm of its length.
 
 from __future__ import annotations
 
+import os
+import select
+import stat
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
-__all__ = ["PollSchedule"]
+__all__ = ["TASK_BELL", "PollSchedule", "TaskBell", "ring"]
 
 
 @dataclass
@@ -55,3 +60,74 @@ class PollSchedule:
         """The first ``count`` intervals after a reset (without changing this schedule)."""
         copy = PollSchedule(self.first_s, self.cap_s, self.factor)
         return [copy.next_interval() for _ in range(count)]
+
+
+#: The task bell's name in a site's state folder (see :class:`TaskBell`).
+TASK_BELL = "task.bell"
+
+
+class TaskBell:
+    """A named pipe (FIFO) in the site's state folder on which the site worker waits for work.
+
+    The SuperNode rings it (:func:`ring`) each time it has stored a message for the worker; the
+    worker, instead of asking the SuperNode for a task every 50 ms (each ask an HTTP call that costs
+    CPU in both processes, 20 per second per site whether work comes or not), asks when the bell
+    rings, and at the latest every ``fallback_s`` seconds (a ring that could not reach it costs at
+    most that). Rings are never lost: a ring while the worker is busy stays in the pipe and the
+    next :meth:`wait` returns at once. Where no FIFO can be made, :meth:`wait` just sleeps."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.fd: int | None = None
+        try:
+            if self.path.exists() and not stat.S_ISFIFO(self.path.stat().st_mode):
+                self.path.unlink()
+            if not self.path.exists():
+                os.mkfifo(self.path, 0o600)
+            # read-write: the pipe always has a writer (this process), so it never reads as ended
+            self.fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK)
+        except OSError as err:
+            self.error = f"{type(err).__name__}: {err}"
+
+    @property
+    def works(self) -> bool:
+        return self.fd is not None
+
+    def wait(self, timeout: float) -> bool:
+        """Wait until the bell rings or ``timeout`` seconds pass; True when it rang (every pending
+        ring is consumed)."""
+        if self.fd is None:
+            time.sleep(timeout)
+            return False
+        ready, _, _ = select.select([self.fd], [], [], timeout)
+        if not ready:
+            return False
+        try:
+            while os.read(self.fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        return True
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def ring(path: str | Path) -> bool:
+    """Ring the task bell at ``path`` without ever blocking; False when nobody listens (no worker
+    has it open, or there is no bell) or it could not be rung."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:  # ENXIO: no reader; ENOENT: no bell
+        return False
+    try:
+        os.write(fd, b"!")
+    except BlockingIOError:  # the pipe is full of rings the worker has not read yet: enough
+        pass
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True

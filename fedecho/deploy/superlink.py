@@ -1,18 +1,29 @@
 """The coordinator's SuperLink: its command line (TLS, SuperNode authentication, persistent state,
 no run-time dependency installation, bound to 127.0.0.1 only: the public port is the gateway's,
 see fedecho.deploy.gateway), the Flower CLI connection to it (loopback), and registering the
-sites' public keys (``flwr supernode register`` over the loopback Control API)."""
+sites' public keys (``flwr supernode register`` over the loopback Control API).
+
+The SuperLink runs as ``python -m fedecho.deploy.superlink --log-stream-interval S -- <flower-superlink
+arguments>``: Flower's own ``flower-superlink`` main, with one wait lengthened. ``fedecho-server run``
+follows its run with ``flwr run --stream``, for which Flower's SuperLink reads the run's log and
+status from its database every 0.5 s for the whole run; on the coordinator's CPU that cost as much
+as a site's training in a small deployed round (``fedecho bench deploy-round``). Here it looks every
+``S`` seconds (default :data:`LOG_STREAM_INTERVAL_S`): the coordinator's log reaches the terminal up
+to ``S`` s later and ``fedecho-server run`` returns up to ``S`` s after the run ends.
+"""
 
 from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 from fedecho.deploy.federation import Federation
 from fedecho.deploy.process import executable, flower_env
 
-__all__ = ["CONNECTION", "LOOPBACK", "register_sites", "superlink_command", "superlink_env", "write_connection"]
+__all__ = ["CONNECTION", "LOG_STREAM_INTERVAL_S", "LOOPBACK", "register_sites", "run_superlink", "superlink_command",
+           "superlink_env", "write_connection"]
 
 #: The name of the SuperLink connection in ``<federation>/flwr_home/config.toml``.
 CONNECTION = "fedecho"
@@ -20,6 +31,8 @@ CONNECTION = "fedecho"
 LOOPBACK = "127.0.0.1"
 #: Environment switches that would start Flower's legacy gRPC Control / Fleet servers on other ports.
 _LEGACY_GRPC = ("FLWR_INTERNAL_GRPC_CONTROL_API", "FLWR_INTERNAL_GRPC_FLEET_API")
+#: Seconds between two looks of the SuperLink at a streamed run's log and status (Flower's own: 0.5).
+LOG_STREAM_INTERVAL_S = 2.0
 
 
 def superlink_command(federation: Federation, *, port: int, log_file: str | Path | None = None) -> list[str]:
@@ -33,7 +46,7 @@ def superlink_command(federation: Federation, *, port: int, log_file: str | Path
         raise FileNotFoundError(f"SuperLink TLS files missing: {', '.join(missing)}; run `fedecho-server init`")
     federation.database.parent.mkdir(parents=True, exist_ok=True)
     command = [
-        executable("flower-superlink"),
+        sys.executable, "-m", "fedecho.deploy.superlink", "--log-stream-interval", str(LOG_STREAM_INTERVAL_S), "--",
         "--ssl-ca-certfile", str(tls.ca_cert),
         "--ssl-certfile", str(tls.cert),
         "--ssl-keyfile", str(tls.key),
@@ -92,3 +105,36 @@ def register_sites(federation: Federation, sites: list[str] | None = None, name:
         else:
             raise RuntimeError(f"registering site {site} ({key}) failed: {reply.get('error-message')}")
     return status
+
+
+def run_superlink(log_stream_interval: float, flower_args: list[str]) -> None:
+    """Flower's ``flower-superlink`` with its log stream's wait set to ``log_stream_interval`` seconds
+    (see the module doc); a Flower without that wait runs unchanged, with a line saying so."""
+    from flwr.superlink.cli import flower_superlink
+    from flwr.superlink.servicer.control import control_handlers
+
+    if isinstance(getattr(control_handlers, "LOG_STREAM_INTERVAL", None), (int, float)):
+        control_handlers.LOG_STREAM_INTERVAL = log_stream_interval
+    else:
+        print("fedecho: this flwr's SuperLink has no LOG_STREAM_INTERVAL; its log stream keeps Flower's own wait",
+              file=sys.stderr, flush=True)
+    sys.argv = ["flower-superlink", *flower_args]
+    sys.exit(flower_superlink())
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m fedecho.deploy.superlink",
+                                     description="flower-superlink with a slower log stream (see fedecho.deploy.superlink)")
+    parser.add_argument("--log-stream-interval", type=float, default=LOG_STREAM_INTERVAL_S,
+                        help="seconds between two looks at a streamed run's log")
+    parser.add_argument("flower_args", nargs=argparse.REMAINDER, help="-- then flower-superlink's arguments")
+    args = parser.parse_args(argv)
+    if not 0 < args.log_stream_interval <= 30:
+        parser.error(f"--log-stream-interval {args.log_stream_interval}: give seconds in (0, 30]")
+    run_superlink(args.log_stream_interval, args.flower_args[1:] if args.flower_args[:1] == ["--"] else args.flower_args)
+
+
+if __name__ == "__main__":
+    main()

@@ -29,6 +29,10 @@ its own node) and joins at once (:func:`rejoin_hook`). Only a dead SuperNode's s
 while another SuperNode of the same state folder runs, it holds the lock and a second start
 stops with an error.
 
+The worker asks the SuperNode for a task when the SuperNode rings the site's task bell
+(``--task-bell``: a named pipe in the state folder, :class:`fedecho.deploy.polling.TaskBell`) after
+it stored a message, instead of asking every 50 ms.
+
 The node config the ClientApp reads (``client/app.py``): bundle-dir, site, site-index,
 data-format, data-root, state-dir, device.
 """
@@ -45,7 +49,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fedecho.deploy.polling import PollSchedule
+from fedecho.deploy.polling import TASK_BELL, PollSchedule, ring
 from fedecho.deploy.process import ManagedProcess, executable
 
 __all__ = ["DEFAULT_CLIENTAPPIO_PORT", "IDLE_POLL_S", "WORKER_SECRET", "PromptClock", "bundle_fields", "node_config",
@@ -107,7 +111,7 @@ def supernode_command(bundle: Any, *, superlink: str, data_root: str | Path, dat
     if ":" not in superlink or not superlink.rsplit(":", 1)[1].isdigit():
         raise ValueError(f"--superlink {superlink!r} must be HOST:PORT (e.g. coordinator.example.org:9093)")
     command = [
-        *(_prompt_supernode(idle_poll, Path(state_dir) / NODE_ID_FILE) if idle_poll
+        *(_prompt_supernode(idle_poll, Path(state_dir), worker=secret_file is not None) if idle_poll
           else [executable("flower-supernode")]),
         "--superlink", superlink,
         "--root-certificates", str(Path(bundle.ca_cert).resolve()),
@@ -126,9 +130,12 @@ def supernode_command(bundle: Any, *, superlink: str, data_root: str | Path, dat
     return command
 
 
-def _prompt_supernode(idle_poll: float, node_id_file: Path) -> list[str]:
-    return [sys.executable, "-m", "fedecho.deploy.supernode", "--idle-poll", str(idle_poll),
-            "--node-id-file", str(node_id_file.resolve()), "--"]
+def _prompt_supernode(idle_poll: float, state_dir: Path, worker: bool) -> list[str]:
+    command = [sys.executable, "-m", "fedecho.deploy.supernode", "--idle-poll", str(idle_poll),
+               "--node-id-file", str((state_dir / NODE_ID_FILE).resolve())]
+    if worker:
+        command += ["--task-bell", str((state_dir / TASK_BELL).resolve())]
+    return [*command, "--"]
 
 
 #: Flower 1.41's SuperNode loop sleeps this long (or longer) only when the SuperLink had no message.
@@ -159,10 +166,12 @@ class PromptClock:
         return getattr(time, name)
 
 
-def watch_loop(loop: Any, clock: PromptClock) -> bool:
+def watch_loop(loop: Any, clock: PromptClock, on_message: Callable[[], Any] | None = None) -> bool:
     """Tell ``clock`` when Flower's SuperNode ``loop`` module received a message
-    (``_pull_and_store_message`` returned a run id) or sent a reply (``_push_messages`` returned).
-    Returns False, changing nothing, where the loop has no such steps (another Flower)."""
+    (``_pull_and_store_message`` returned a run id: its task is queued and its objects are stored;
+    ``on_message`` is called then too, e.g. ringing the worker's task bell) or sent a reply
+    (``_push_messages`` returned). Returns False, changing nothing, where the loop has no such
+    steps (another Flower)."""
     pull, push = getattr(loop, "_pull_and_store_message", None), getattr(loop, "_push_messages", None)
     if not (callable(pull) and callable(push)) or getattr(pull, "fedecho_watched", False):
         return False
@@ -172,6 +181,8 @@ def watch_loop(loop: Any, clock: PromptClock) -> bool:
         run_id = pull(*args, **kwargs)
         if run_id is not None:
             clock.activity()
+            if on_message is not None:
+                on_message()
         return run_id
 
     @functools.wraps(push)
@@ -265,9 +276,11 @@ def rejoin_hook(client_class: type, fd: int, say: Callable[[str], None]) -> None
     client_class.ActivateNode = activate
 
 
-def run_prompt_supernode(idle_poll: float, flower_args: list[str], node_id_file: Path | None = None) -> None:
-    """Flower's ``flower-supernode`` with its loop's waits shortened, and (with ``node_id_file``)
-    rejoining promptly after the site was killed (see the module doc)."""
+def run_prompt_supernode(idle_poll: float, flower_args: list[str], node_id_file: Path | None = None,
+                         task_bell: Path | None = None) -> None:
+    """Flower's ``flower-supernode`` with its loop's waits shortened, (with ``node_id_file``)
+    rejoining promptly after the site was killed, and (with ``task_bell``) ringing the worker's
+    task bell for every message it queues (see the module doc)."""
     from flwr.supernode import start_client_internal as loop
     from flwr.supernode.cli.flower_supernode import flower_supernode
     from flwr.supernode.fleet_http_client import FleetHttpClient
@@ -284,7 +297,8 @@ def run_prompt_supernode(idle_poll: float, flower_args: list[str], node_id_file:
 
     if getattr(loop, "time", None) is time and fast_object_pulls(loop):
         clock = prompt_clock(idle_poll)
-        if not watch_loop(loop, clock):
+        on_message = None if task_bell is None else functools.partial(ring, task_bell)
+        if not watch_loop(loop, clock, on_message):
             print(f"fedecho: flwr {getattr(loop, 'package_version', '?')} changed its SuperNode loop's steps; "
                   f"looking for messages every {idle_poll} s", file=sys.stderr, flush=True)
         loop.time = clock
@@ -358,12 +372,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--idle-poll", type=float, default=IDLE_POLL_S, help="longest wait of the loop (seconds)")
     parser.add_argument("--node-id-file", type=Path, default=None,
                         help="the site's node id, kept to rejoin at once after the site was killed")
+    parser.add_argument("--task-bell", type=Path, default=None,
+                        help="the site worker's task bell (a named pipe), rung for every message queued")
     parser.add_argument("flower_args", nargs=argparse.REMAINDER, help="-- then flower-supernode's arguments")
     args = parser.parse_args(argv)
     if not 0 < args.idle_poll <= 3:
         parser.error(f"--idle-poll {args.idle_poll}: give seconds in (0, 3]")
     flower_args = args.flower_args[1:] if args.flower_args[:1] == ["--"] else args.flower_args
-    run_prompt_supernode(args.idle_poll, flower_args, args.node_id_file)
+    run_prompt_supernode(args.idle_poll, flower_args, args.node_id_file, args.task_bell)
 
 
 if __name__ == "__main__":

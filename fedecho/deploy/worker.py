@@ -14,6 +14,8 @@ both for a FedEcho site:
   installed FedEcho's, with a coded error reply (:data:`FOREIGN_APP_REASON`) and a site log line;
 - otherwise it runs the site's **installed** ``client.app:app`` (imported once from this Python's
   packages; the FAB's files are never installed, imported or executed) and pushes the reply;
+- it asks for the next task when the SuperNode rings the site's task bell (a named pipe in the
+  state folder, :class:`fedecho.deploy.polling.TaskBell`), not every 50 ms;
 - it stays alive across messages, rounds and runs, so torch, the built model and optimiser, the
   data index, the DP accountant and the CUDA context (``fedecho.federation.site.get_runtime``
   keeps them per run) are made once per run instead of once per message. The site's state is
@@ -209,7 +211,7 @@ class SiteWorker:
     """Claims and executes the ClientApp tasks of one SuperNode (see the module doc)."""
 
     def __init__(self, runtime_api: str, secret: bytes, state_dir: str | Path, *, poll_interval: float = 0.05,
-                 app: Any = None) -> None:
+                 app: Any = None, bell: Any = None, bell_fallback_s: float = 1.0) -> None:
         from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor, SuperExecAuthHttpInterceptor
         from flwr.supercore.runtime import RuntimeHttpClient
 
@@ -219,6 +221,8 @@ class SiteWorker:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.poll_interval = poll_interval
+        self.bell = bell  # a fedecho.deploy.polling.TaskBell: ask for work when it rings
+        self.bell_fallback_s = bell_fallback_s
         self.identity = installed_app_identity()
         self.app = app if app is not None else load_installed_app()
         self._acquirer = RuntimeHttpClient.from_server_address(
@@ -248,13 +252,27 @@ class SiteWorker:
 
     def serve_forever(self) -> None:
         log.info("site worker pid %d serving %s for %s %s (app %s)", os.getpid(), self.runtime_api,
-                 *self.identity, Path(sys.modules[INSTALLED_APP].__file__ or "?").resolve())
+                 *self.identity, Path(getattr(sys.modules.get(INSTALLED_APP), "__file__", None) or "?").resolve())
+        if self.bell is not None and self.bell.works:
+            log.info("site worker waits for tasks on the SuperNode's bell %s (and every %.1f s)", self.bell.path,
+                     self.bell_fallback_s)
+        elif self.bell is not None:
+            log.warning("no task bell at %s (%s): asking the SuperNode for tasks every %.2f s", self.bell.path,
+                        self.bell.error, self.poll_interval)
         while True:
             token = self.acquire()
             if token is None:
-                time.sleep(self.poll_interval)
+                self.wait_for_work()
                 continue
             self.handle(token)
+
+    def wait_for_work(self) -> bool:
+        """Until the SuperNode rings the task bell (True) or the fallback interval passes; without a
+        working bell, ``poll_interval`` seconds."""
+        if self.bell is not None and self.bell.works:
+            return self.bell.wait(self.bell_fallback_s)
+        time.sleep(self.poll_interval)
+        return False
 
     def handle(self, token: str) -> dict:
         """Execute one claimed task: pull, check the app identity, run the installed app, push."""
@@ -319,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runtime-api", required=True, help="the SuperNode's Runtime API HOST:PORT (loopback)")
     parser.add_argument("--secret-file", required=True, help="the SuperExec shared secret (mode 0600)")
     parser.add_argument("--state-dir", required=True, help="the site's state folder (worker.jsonl goes here)")
-    parser.add_argument("--poll-interval", type=float, default=0.05, help="seconds between task claims when idle")
+    parser.add_argument("--poll-interval", type=float, default=0.05,
+                        help="seconds between task claims when idle and there is no task bell")
     parser.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -333,7 +352,10 @@ def main(argv: list[str] | None = None) -> int:
 
         start_parent_process_monitor(args.parent_pid)
     _warm_imports()
-    worker = SiteWorker(args.runtime_api, secret_path.read_bytes(), args.state_dir, poll_interval=args.poll_interval)
+    from fedecho.deploy.polling import TASK_BELL, TaskBell
+
+    worker = SiteWorker(args.runtime_api, secret_path.read_bytes(), args.state_dir, poll_interval=args.poll_interval,
+                        bell=TaskBell(Path(args.state_dir) / TASK_BELL))
     try:
         worker.serve_forever()
     except KeyboardInterrupt:

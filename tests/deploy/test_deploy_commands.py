@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import sys
 import tomllib
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def _flag(command: list[str], name: str) -> str:
 
 def test_superlink_command_is_secure_persistent_offline_and_loopback_only(fed, monkeypatch):
     command = superlink_command(fed, port=9300)
-    assert Path(command[0]).name == "flower-superlink"
+    assert command[1:6] == ["-m", "fedecho.deploy.superlink", "--log-stream-interval", "2.0", "--"]  # flower-superlink
     assert _flag(command, "--ssl-ca-certfile") == str(fed.root / "superlink" / "ca.pem")
     assert _flag(command, "--ssl-certfile") == str(fed.root / "superlink" / "server.pem")
     assert _flag(command, "--ssl-keyfile") == str(fed.root / "superlink" / "server.key")
@@ -79,6 +80,30 @@ def test_gateway_forwards_only_the_fleet_calls_of_an_authenticated_supernode():
         assert not is_allowed("POST", path), path
 
 
+def test_superlink_wrapper_sets_the_log_stream_wait_of_this_flower_and_passes_the_arguments(monkeypatch):
+    from flwr.superlink import cli
+    from flwr.superlink.servicer.control import control_handlers
+
+    from fedecho.deploy import superlink
+
+    seen = {}
+
+    def fake_main():
+        seen.update(interval=control_handlers.LOG_STREAM_INTERVAL, argv=list(sys.argv))
+        return 0
+
+    assert control_handlers.LOG_STREAM_INTERVAL == 0.5  # Flower's own: the wait the wrapper lengthens
+    monkeypatch.setattr(cli, "flower_superlink", fake_main)
+    monkeypatch.setattr(control_handlers, "LOG_STREAM_INTERVAL", control_handlers.LOG_STREAM_INTERVAL)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    with pytest.raises(SystemExit) as exit_:
+        superlink.main(["--log-stream-interval", "3", "--", "--host", "127.0.0.1", "--port", "9300"])
+    assert exit_.value.code == 0
+    assert seen == {"interval": 3.0, "argv": ["flower-superlink", "--host", "127.0.0.1", "--port", "9300"]}
+    with pytest.raises(SystemExit):
+        superlink.main(["--log-stream-interval", "0", "--"])
+
+
 def test_supernode_command_and_node_config_as_flower_parses_them(fed, tmp_path):
     from flwr.common.config import parse_config_args
 
@@ -88,6 +113,9 @@ def test_supernode_command_and_node_config_as_flower_parses_them(fed, tmp_path):
                                 state_dir=tmp_path / "state", port=9500, device="cuda", max_retries=3)
     assert command[1:8] == ["-m", "fedecho.deploy.supernode", "--idle-poll", "0.25", "--node-id-file",
                             str((tmp_path / "state" / "supernode.node-id").resolve()), "--"]  # flower-supernode, prompt
+    worker_mode = supernode_command(bundle, superlink="coord.example:9200", data_root=data, data_format="camus",
+                                    state_dir=tmp_path / "state", secret_file=tmp_path / "state" / "worker.secret")
+    assert worker_mode[7:10] == ["--task-bell", str((tmp_path / "state" / "task.bell").resolve()), "--"]
     assert _flag(command, "--root-certificates") == str(bundle.path / "ca.pem")
     assert Path(_flag(command, "--root-certificates")).is_absolute()
     assert _flag(command, "--auth-supernode-private-key") == str(bundle.path / "site.key")

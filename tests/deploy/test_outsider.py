@@ -183,7 +183,7 @@ def test_outsider_with_the_ca_certificate_cannot_run_code_or_register_a_node(coo
 
     # the SuperLink (and every process under it) listens on the loopback interface only
     processes = [p for p in [psutil.Process(server.pid), *server.descendants()]
-                 if "flower-superlink" in " ".join(p.cmdline())]
+                 if "fedecho.deploy.superlink" in " ".join(p.cmdline())]
     assert processes
     listening = [c.laddr for p in processes for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
     assert listening and all(addr.ip == "127.0.0.1" for addr in listening), listening

@@ -9,6 +9,7 @@ for its node list once per message, not three times.
 
 from __future__ import annotations
 
+import stat
 import time
 import types
 
@@ -71,11 +72,11 @@ def test_the_clock_learns_of_messages_and_replies_from_the_loops_own_steps():
             calls.append("activity")
 
     clock = Counting(PollSchedule(0.02, 0.25), PollSchedule(0.005, 0.05))
-    assert watch_loop(loop, clock) and not watch_loop(loop, clock)  # once
+    assert watch_loop(loop, clock, lambda: calls.append("bell")) and not watch_loop(loop, clock)  # once
     assert loop._pull_and_store_message(state=None) is None and calls == []  # nothing received
-    assert loop._pull_and_store_message(state=None) == 7 and calls == ["activity"]
+    assert loop._pull_and_store_message(state=None) == 7 and calls == ["activity", "bell"]
     loop._push_messages(state=None)
-    assert calls == ["activity", "pushed", "activity"]
+    assert calls == ["activity", "bell", "pushed", "activity"]
     assert not watch_loop(types.SimpleNamespace(), clock)
 
 
@@ -147,3 +148,46 @@ def test_the_node_list_is_asked_once_per_message_not_three_times(monkeypatch):
     assert grid.get_node_ids() == [1, 2] and inner.asked == 1
     clock[0] += 0.2  # past 0.5 s: a site that connected since is seen
     assert grid.get_node_ids() == [1, 2, 3] and inner.asked == 2
+
+
+def test_task_bell_wakes_a_waiter_at_once_and_never_reads_as_ended(tmp_path):
+    import subprocess
+    import sys
+    import threading
+
+    from fedecho.deploy.polling import TaskBell, ring
+
+    path = tmp_path / "task.bell"
+    assert not ring(path)  # no bell yet: nothing blocks, nothing is made
+    path.write_text("a stale regular file")
+    bell = TaskBell(path)
+    try:
+        assert bell.works and stat.S_ISFIFO(path.stat().st_mode) and path.stat().st_mode & 0o777 == 0o600
+        start = time.perf_counter()
+        assert not bell.wait(0.2)  # nobody rang: the full timeout, no busy loop
+        assert time.perf_counter() - start >= 0.19
+        # a ring from another process wakes the waiter well before its timeout
+        threading.Timer(0.1, lambda: subprocess.run(
+            [sys.executable, "-c", f"from fedecho.deploy.polling import ring; assert ring({str(path)!r})"],
+            check=True)).start()
+        start = time.perf_counter()
+        assert bell.wait(30.0)
+        assert time.perf_counter() - start < 20.0
+        # that writer has closed its end: the pipe must not read as ended (select would spin)
+        start = time.perf_counter()
+        assert not bell.wait(0.2) and time.perf_counter() - start >= 0.19
+        # rings while the waiter is busy are kept (never lost), and all consumed by one wait
+        assert ring(path) and ring(path) and ring(path)
+        assert bell.wait(0.0) and not bell.wait(0.05)
+    finally:
+        bell.close()
+    assert not ring(path)  # a bell nobody listens to: False at once (no reader), never blocks
+
+
+def test_task_bell_without_a_fifo_sleeps(tmp_path):
+    from fedecho.deploy.polling import TaskBell
+
+    bell = TaskBell(tmp_path / "missing-folder" / "task.bell")
+    assert not bell.works and "FileNotFoundError" in bell.error
+    start = time.perf_counter()
+    assert not bell.wait(0.1) and time.perf_counter() - start >= 0.09

@@ -385,3 +385,31 @@ def test_a_killed_worker_is_replaced_and_the_run_goes_on(federation, sites, tmp_
     for record in history:
         if record["phase"] == "adapt:view" and record["round"] > 1:
             assert set(record["sites_train"]) == {"site_0", "site_1"}, record
+
+
+def test_the_worker_asks_for_work_when_the_bell_rings_not_every_50_ms(runtime_api, tmp_path):
+    from fedecho.deploy.polling import TaskBell, ring
+
+    calls: list = []
+    bell = TaskBell(tmp_path / "task.bell")
+    worker = SiteWorker(runtime_api.address, SECRET, tmp_path, app=_recording_app(calls), bell=bell,
+                        bell_fallback_s=1.0)
+    asks = []
+    acquire = worker.acquire
+    worker.acquire = lambda: asks.append(time.perf_counter()) or acquire()
+    thread = threading.Thread(target=worker.serve_forever, daemon=True)
+    thread.start()
+    try:
+        time.sleep(2.2)  # idle: one ask at start, then one per fallback second (polling: ~44)
+        assert 2 <= len(asks) <= 4, len(asks)
+        runtime_api.queue(20, *installed_app_identity(), round_=1)
+        queued = time.perf_counter()
+        assert ring(tmp_path / "task.bell")  # what the SuperNode does once the message is stored
+        deadline = time.monotonic() + 30
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert calls == [(os.getpid(), 1)]
+        first_ask_after = min(t for t in asks if t >= queued) - queued
+        assert first_ask_after < 0.5, first_ask_after  # woken by the ring, not by the 1 s fallback
+    finally:
+        bell.close()  # the worker's next wait sleeps; the daemon thread ends with the test process
