@@ -12,15 +12,21 @@ rounds 2-3 (round 1 builds the model and loaders on either side). Repetitions al
 
 Where a deployed round's time goes (details, medians over rounds 2-3 and both sites), from the
 sites' ``worker.jsonl``: ``queue_s`` (the coordinator creates the message -> the SuperNode sees
-it -> the worker claims it), ``pull_s`` (the message's tensors in transit: the coordinator
-uploads them to the SuperLink object by object, the SuperNode downloads them, the worker reads
-them from its SuperNode; the worker claims the task before the upload ends, so this is mostly
-Flower's transfer), ``app_s`` (the ClientApp: training or evaluation), ``push_s`` (the reply to
+it and downloads its tensors object by object from the SuperLink -> the SuperNode rings the task
+bell and the worker claims it), ``pull_s`` (the worker reads the message and its tensors from its
+SuperNode's memory), ``app_s`` (the ClientApp: training or evaluation), ``push_s`` (the reply to
 the SuperNode), each summed over the round's train and evaluate messages of the slower site;
 ``coordinator_s`` is the rest of the round (the reply's way SuperNode -> SuperLink ->
 coordinator, validation, aggregation, checkpoint). ``objects_per_message``: the most Flower objects
 a train message or its reply travelled as (each is one HTTP call at every hop; the tensors travel
 packed, see fedecho.deploy.packing).
+
+CPU seconds per round (details ``cpu_s_per_round_*``, rounds 2-3, in the note for the last run of
+each side) by role: the SuperLink, gateway, ServerApp, SuperExec, SuperNodes, site workers and
+Flower CLI processes of a deployed run; this process (the simulation's driver and ServerApp) and
+Ray's processes of a simulated one (:class:`CpuMeter` snapshots every process under this one each
+time the run's ``history.json`` gains a round). On a machine with few cores a deployed round is
+CPU-bound, and this is where its CPU goes. The deployed federation idles beside the simulated runs.
 
 Full mode adds two rows:
 
@@ -170,6 +176,92 @@ class _Federation:
             process.stop()
 
 
+#: Processes by what they are (first match of a piece of their command line), for :class:`CpuMeter`.
+CPU_ROLES = (("fedecho.deploy.superlink", "SuperLink"), ("flower-superlink", "SuperLink"),
+             ("fedecho.deploy.gateway", "gateway"), ("flwr-serverapp", "ServerApp"),
+             ("flower-superexec", "SuperExec"), ("fedecho.deploy.supernode", "SuperNodes"),
+             ("flower-supernode", "SuperNodes"), ("fedecho.deploy.worker", "site workers"),
+             ("flwr-clientapp", "site workers"), ("bin/flwr ", "flwr CLI"), ("ray::", "Ray"), ("ray/", "Ray"))
+
+
+#: The roles of a simulated run's processes (the deployed federation idles beside it in this bench).
+SIMULATION_ROLES = frozenset({"bench process (simulation driver)", "Ray"})
+
+
+def cpu_role(cmdline: str, *, own: bool = False) -> str:
+    """What a process is, from its command line (``own``: this process, which runs simulations)."""
+    if own:
+        return "bench process (simulation driver)"
+    return next((role for piece, role in CPU_ROLES if piece in cmdline), "other")
+
+
+def cpu_per_round(snapshots: dict[int, dict[int, tuple[str, float]]], first: int, last: int) -> dict[str, float]:
+    """CPU seconds per round by role over rounds ``first+1 .. last``: ``snapshots[n]`` holds
+    {pid: (role, cumulative CPU s)} taken when round ``n`` ended; a process missing from the
+    earlier snapshot (started in between) counts from zero, one gone by the later is left out."""
+    before, after = snapshots[first], snapshots[last]
+    totals: dict[str, float] = {}
+    for pid, (role, cpu) in after.items():
+        used = cpu - before.get(pid, (role, 0.0))[1]
+        totals[role] = totals.get(role, 0.0) + used / (last - first)
+    return {role: round(v, 3) for role, v in sorted(totals.items(), key=lambda kv: -kv[1]) if v >= 0.0005}
+
+
+class CpuMeter:
+    """CPU seconds of this process and all its descendants, by role, snapshotted each time the
+    run's ``history.json`` gains an adapt round (a thread looks every ``poll_s`` seconds)."""
+
+    def __init__(self, history: Path, poll_s: float = 0.05) -> None:
+        import threading
+
+        self.history, self.poll_s = history, poll_s
+        self.snapshots: dict[int, dict[int, tuple[str, float]]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="cpu-meter", daemon=True)
+
+    def __enter__(self) -> CpuMeter:
+        self.snapshots[0] = self.snapshot()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @staticmethod
+    def snapshot() -> dict[int, tuple[str, float]]:
+        import psutil
+
+        me = psutil.Process()
+        seen: dict[int, tuple[str, float]] = {}
+        for process in [me, *me.children(recursive=True)]:
+            try:
+                times = process.cpu_times()
+                seen[process.pid] = (cpu_role(" ".join(process.cmdline()), own=process.pid == me.pid),
+                                     times.user + times.system)
+            except psutil.Error:  # gone meanwhile
+                continue
+        return seen
+
+    def _rounds(self) -> int:
+        try:
+            return sum(1 for r in json.loads(self.history.read_text()) if r["phase"].startswith("adapt"))
+        except (OSError, ValueError, KeyError, TypeError):
+            return len(self.snapshots) - 1
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            rounds = self._rounds()
+            if rounds not in self.snapshots:
+                self.snapshots[rounds] = self.snapshot()
+
+    def per_round(self, first: int = 1, last: int = ROUNDS) -> dict[str, float]:
+        """CPU seconds per round by role over rounds ``first+1 .. last`` (rounds 2-3 by default)."""
+        if first not in self.snapshots or last not in self.snapshots:
+            return {}
+        return cpu_per_round(self.snapshots, first, last)
+
+
 def _wait(predicate, timeout: float, process) -> None:  # noqa: ANN001
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -194,6 +286,13 @@ def _simulated(root: Path, name: str, overrides: list[str] = TINY) -> dict[int, 
 
 def _later(rounds: dict[int, float]) -> float:
     return statistics.median(rounds[r] for r in rounds if r >= 2)
+
+
+def _cpu_text(runs: list[dict[str, float]]) -> str:
+    last = next((r for r in reversed(runs) if r), None)
+    if last is None:
+        return "n/a"
+    return f"{sum(last.values()):.2f} (" + ", ".join(f"{role} {v:.2f}" for role, v in last.items()) + ")"
 
 
 def _reference_row(federation: _Federation, root: Path, reps: int) -> Row:
@@ -233,12 +332,18 @@ def run(options: BenchOptions) -> list[Row]:
             superlink = federation.start_superlink()
             warm_sites = federation.start_sites(superlink, warm=True, tag="warm")
             deployed, simulated, breakdowns, rounds_seen = [], [], [], []
+            cpu_deployed: list[dict[str, float]] = []
+            cpu_simulated: list[dict[str, float]] = []
             for rep in range(reps):
                 for side in (("deployed", "simulated") if rep % 2 == 0 else ("simulated", "deployed")):
                     if side == "simulated":
-                        simulated.append(_later(_simulated(root, f"sim{rep}")))
+                        with CpuMeter(root / "sim" / f"sim{rep}" / "history.json") as meter:
+                            simulated.append(_later(_simulated(root, f"sim{rep}")))
+                        cpu_simulated.append({k: v for k, v in meter.per_round().items() if k in SIMULATION_ROLES})
                         continue
-                    run_dir = federation.run(f"warm{rep}")
+                    with CpuMeter(root / "runs" / f"warm{rep}" / "history.json") as meter:
+                        run_dir = federation.run(f"warm{rep}")
+                    cpu_deployed.append({k: v for k, v in meter.per_round().items() if k not in SIMULATION_ROLES})
                     seconds = _adapt_seconds(run_dir)
                     deployed.append(_later(seconds))
                     rounds_seen.append({str(k): round(v, 2) for k, v in seconds.items()})
@@ -259,14 +364,17 @@ def run(options: BenchOptions) -> list[Row]:
                 DEPLOY_GOAL,
                 details={"deployed_round_s": summarize(deployed).as_dict(),
                          "simulated_round_s": summarize(simulated).as_dict(), "breakdown": last,
-                         "deployed_rounds_s": rounds_seen, "worker_pids": pids},
+                         "deployed_rounds_s": rounds_seen, "worker_pids": pids,
+                         "cpu_s_per_round_deployed": cpu_deployed, "cpu_s_per_round_simulated": cpu_simulated},
                 note=(f"deployed {statistics.median(deployed):.2f} s vs simulated {statistics.median(simulated):.2f} s "
-                      f"per round; a deployed round: queue {last['queue_s']} s, tensors to the site "
-                      f"{last['pull_s']} s, "
+                      f"per round; a deployed round: queue and tensors to the SuperNode {last['queue_s']} s, "
+                      f"read by the worker {last['pull_s']} s, "
                       f"app {last['app_s']} s, reply to the SuperNode {last['push_s']} s, reply to the coordinator "
                       f"+ aggregation {last['coordinator_s']} s "
                       f"(slower site, train + evaluate); at most {last['objects_per_message']} Flower objects per "
-                      f"train message or reply; one worker process per site: {pids}")))
+                      f"train message or reply; one worker process per site: {pids}; CPU s per round (last run "
+                      f"per side, on a machine with {os.cpu_count()} cores): deployed {_cpu_text(cpu_deployed)}, "
+                      f"simulated {_cpu_text(cpu_simulated)}")))
             if reference is not None:
                 rows.append(reference)
                 stock_sites = federation.start_sites(superlink, warm=False, tag="stock")

@@ -331,6 +331,45 @@ def test_deploy_round_breakdown_by_hand():
         "queue_s": 2.0, "pull_s": 3.0, "app_s": 3.5, "push_s": 2.0, "coordinator_s": 2.5}
 
 
+def test_deploy_round_cpu_by_role_by_hand_and_from_real_processes(tmp_path):
+    import subprocess
+    import sys
+
+    import psutil
+
+    from fedecho.bench.deploy_round import CpuMeter, cpu_per_round, cpu_role
+
+    assert cpu_role("/venv/bin/python -m fedecho.deploy.superlink --log-stream-interval 2 -- --host x") == "SuperLink"
+    assert cpu_role("/venv/bin/python -P -m fedecho.deploy.worker --runtime-api 127.0.0.1:1") == "site workers"
+    assert cpu_role("ray::ClientAppActor.run") == "Ray" and cpu_role("sleep 5") == "other"
+    assert cpu_role("anything", own=True) == "bench process (simulation driver)"
+    # rounds 2-3 = snapshot after round 3 minus after round 1, / 2; a process started in between
+    # counts from zero, one gone by then is left out
+    snapshots = {1: {10: ("SuperLink", 5.0), 11: ("site workers", 2.0), 12: ("flwr CLI", 1.0)},
+                 3: {10: ("SuperLink", 6.0), 11: ("site workers", 4.0), 13: ("site workers", 1.0)}}
+    assert cpu_per_round(snapshots, 1, 3) == {"site workers": 1.5, "SuperLink": 0.5}
+    # the meter: a child that burns ~0.6 s of CPU between the 1st and 2nd "round" of a history file
+    history = tmp_path / "history.json"
+    history.write_text('[{"phase": "adapt:view"}]')
+    burner = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.6: pass\ntime.sleep(30)"
+    with CpuMeter(history, poll_s=0.02) as meter:
+        time.sleep(0.3)
+        child = subprocess.Popen([sys.executable, "-c", burner])
+        try:
+            deadline = time.monotonic() + 20
+            proc = psutil.Process(child.pid)
+            while sum(proc.cpu_times()[:2]) < 0.6 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            history.write_text('[{"phase": "adapt:view"}, {"phase": "adapt:view"}, {"phase": "evaluate:view"}]')
+            time.sleep(0.3)
+        finally:
+            child.kill()
+            child.wait()
+    assert set(meter.snapshots) == {0, 1, 2}
+    used = meter.per_round(1, 2)
+    assert 0.55 <= used["other"] <= 1.5, used  # the burner (and Python's start-up): counted once, as "other"
+
+
 # --- real processes -------------------------------------------------------------------------------
 
 def _site_records(tmp_path, site: str) -> list[dict]:
