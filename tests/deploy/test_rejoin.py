@@ -22,6 +22,7 @@ from flwr.supercore.error.base import ApiErrorCode
 from fedecho.deploy.supernode import NODE_ID_FILE, SiteAlreadyRunning, lock_node_id_file, rejoin_hook
 from fedecho.deploy.process import ManagedProcess, flower_env, free_port
 from tests.deploy.test_deployment import _cli, _wait_for, federation, site_folder, superlink  # noqa: F401
+from tests.deploy.test_outsider import _coordinator_view
 
 
 def _refusal(code: int = ApiErrorCode.FLEET_NODE_ACTIVATION_FAILED) -> httpx.HTTPStatusError:
@@ -124,5 +125,25 @@ def test_a_killed_site_started_again_at_once_rejoins_before_its_heartbeat_expire
         assert time.monotonic() - killed < 55, site.tail()
         assert "still holds this site's previous session" in site.tail(100_000)
         assert site.poll() is None
+        # another site cannot close A's session: B's key, A's node id -> 401, A stays online
+        node_a = int((state / NODE_ID_FILE).read_text())
+        with pytest.raises(httpx.HTTPStatusError) as refused:
+            _deactivate_as(federation, address, "B", node_a)
+        assert refused.value.response.status_code == 401
+        nodes = {int(n["node-id"]): n for n in _coordinator_view(federation)[1]}
+        assert nodes[node_a]["status"] == "online", nodes
     finally:
         site.stop()
+
+
+def _deactivate_as(federation, address: str, site: str, node_id: int) -> None:
+    """A DeactivateNode for ``node_id`` signed with ``site``'s key, through the gateway."""
+    from cryptography.hazmat.primitives import serialization
+    from flwr.proto.fleet_pb2 import DeactivateNodeRequest  # pylint: disable=E0611
+    from flwr.supernode.fleet_http_client import FleetHttpClient
+    from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
+
+    private = serialization.load_ssh_private_key((site_folder(federation, site) / "site.key").read_bytes(), None)
+    interceptor = NodeAuthHttpInterceptor(private, private.public_key())
+    with FleetHttpClient.from_server_address(address, False, str(federation.tls.ca_cert), [interceptor]) as client:
+        client.DeactivateNode(DeactivateNodeRequest(node_id=node_id))
