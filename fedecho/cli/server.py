@@ -142,8 +142,9 @@ def _start(args: argparse.Namespace) -> int:
               flush=True)
     internal = args.internal_port or free_port(LOOPBACK)
     state = federation.root / "state"
+    bells = state / "bells"  # the gateway and the ServerApp tell each other of messages (fedecho.deploy.gateway)
     superlink = ManagedProcess("flower-superlink", superlink_command(federation, port=internal),
-                               env=superlink_env(federation), log_path=state / "superlink.log")
+                               env=superlink_env(federation, bells=bells), log_path=state / "superlink.log")
     gateway = None
     try:
         wait_for_port(LOOPBACK, internal, timeout=120, process=superlink)
@@ -152,7 +153,8 @@ def _start(args: argparse.Namespace) -> int:
         tls = federation.tls
         gateway = ManagedProcess("fedecho gateway", gateway_command(
             listen_host=args.host, listen_port=federation.port, upstream=f"{LOOPBACK}:{internal}", cert=tls.cert,
-            key=tls.key, ca_cert=tls.ca_cert, log_file=federation.gateway_log), log_path=state / "gateway.out")
+            key=tls.key, ca_cert=tls.ca_cert, log_file=federation.gateway_log, bells=bells),
+            log_path=state / "gateway.out")
         local = LOOPBACK if args.host in ("0.0.0.0", "::", "localhost", LOOPBACK) else args.host
         wait_for_port(local, federation.port, timeout=60, process=gateway)
     except BaseException:

@@ -17,6 +17,22 @@ SuperLink itself.
 
 The gateway is a Starlette app under uvicorn (both come with Flower) that forwards with an
 ``httpx`` client over a kept-alive TLS connection; ``python -m fedecho.deploy.gateway`` runs it.
+
+**Coordinator bells** (``--bells DIR``, ``fedecho-server start`` passes ``<federation>/state/
+bells``). Sites and the ServerApp otherwise learn of each other's messages by asking the SuperLink
+again and again: each SuperNode up to 4 times a second and the ServerApp up to 10, each ask an HTTPS
+call that costs the coordinator's CPU (about 11 ms of the SuperLink's) and each answer up to an
+interval late. With bells, both ends are told instead, through two named pipes in ``DIR``
+(:class:`fedecho.deploy.polling.TaskBell`): the ServerApp rings :data:`OUTBOX_BELL` after it pushed
+messages (:class:`fedecho.deploy.grid.PromptGrid`); the gateway listens on it, and a site's
+``pull-messages`` the SuperLink answered with no message is held for up to ``hold_s`` seconds
+(default :data:`HOLD_S`) and asked again at once when the bell rings, so the message reaches the
+site within milliseconds of being pushed (a long poll). The gateway rings :data:`INBOX_BELL`
+after a site's ``push-messages`` succeeded; the ServerApp waits on it between its looks for
+replies. Only a call the SuperLink answered with HTTP 200 is held (an unauthenticated one got its
+401 at once), and one held call re-asks the SuperLink at most once. A bell nobody listens to is
+never waited for: every waiter keeps its own looks as a fallback, so a missed ring costs at most
+an interval, never a message.
 """
 
 from __future__ import annotations
@@ -26,11 +42,13 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import os
 import ssl
 import sys
 from pathlib import Path
 
-__all__ = ["FLEET_PATHS", "REFUSAL_CODE", "build_app", "gateway_command", "is_allowed", "main"]
+__all__ = ["FLEET_PATHS", "HOLD_S", "INBOX_BELL", "OUTBOX_BELL", "REFUSAL_CODE", "build_app", "gateway_command",
+           "is_allowed", "main"]
 
 #: The Fleet calls a SuperNode with an authentication key makes (flwr/supernode/fleet_http_client.py).
 FLEET_PATHS = frozenset(f"/v1/fleet/{call}" for call in (
@@ -41,6 +59,14 @@ HEALTH_PATH = "/health"
 REFUSAL_CODE = 10
 REFUSAL = ("refused by the FedEcho gateway: this port serves only the Fleet API of registered "
            "SuperNodes; runs are started and nodes registered by the coordinator on its own machine")
+#: Rung by the ServerApp after it pushed messages for sites; the gateway listens (see the module doc).
+OUTBOX_BELL = "outbox.bell"
+#: Rung by the gateway after a site pushed a reply; the ServerApp listens.
+INBOX_BELL = "inbox.bell"
+#: Longest time a site's empty ``pull-messages`` is held waiting for the outbox bell (seconds).
+HOLD_S = 1.0
+_PULL_MESSAGES = "/v1/fleet/pull-messages"
+_PUSH_MESSAGES = "/v1/fleet/push-messages"
 #: Headers that belong to one hop (RFC 9110 §7.6.1) or that httpx / Starlette set themselves.
 _HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
                   "upgrade", "host", "content-length"})
@@ -65,10 +91,74 @@ def _refusal_logger(log_file: Path | None) -> logging.Logger:
     return logger
 
 
-def build_app(upstream: str, ca_cert: str | Path, log_file: str | Path | None = None):
+def _no_message(content: bytes) -> bool:
+    """Whether a ``pull-messages`` answer body carries no message (an unreadable one: False)."""
+    from flwr.proto.fleet_pb2 import PullMessagesResponse
+
+    answer = PullMessagesResponse()
+    try:
+        answer.ParseFromString(content)
+    except Exception:  # noqa: BLE001 - not ours to judge: hand it on as it is
+        return False
+    return not answer.messages_list
+
+
+class _Outbox:
+    """The outbox bell as the gateway's event loop sees it: a count of rings and a way to wait for
+    the next one (every held call wakes on one ring)."""
+
+    def __init__(self, path: Path) -> None:
+        import asyncio
+
+        from fedecho.deploy.polling import TaskBell
+
+        self.bell = TaskBell(path)
+        self.rings = 0
+        self._rang = asyncio.Event()
+        if self.bell.works:
+            asyncio.get_running_loop().add_reader(self.bell.fd, self._on_ring)
+
+    def _on_ring(self) -> None:
+        import asyncio
+
+        try:
+            while os.read(self.bell.fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        self.rings += 1
+        rang, self._rang = self._rang, asyncio.Event()
+        rang.set()
+
+    async def rang_since(self, rings: int, timeout: float) -> bool:
+        """Whether the bell rang after the count was ``rings``, waiting up to ``timeout`` s for it."""
+        import asyncio
+
+        if self.rings != rings:
+            return True
+        if not self.bell.works:
+            return False
+        try:
+            await asyncio.wait_for(self._rang.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def close(self) -> None:
+        import asyncio
+
+        if self.bell.works:
+            asyncio.get_running_loop().remove_reader(self.bell.fd)
+        self.bell.close()
+
+
+def build_app(upstream: str, ca_cert: str | Path, log_file: str | Path | None = None, *,
+              bells: str | Path | None = None, hold_s: float = HOLD_S):
     """The gateway as an ASGI app forwarding allowed calls to ``https://<upstream>`` (HOST:PORT),
-    checking the upstream's certificate against ``ca_cert``."""
+    checking the upstream's certificate against ``ca_cert``; with ``bells`` (a folder), the
+    coordinator bells of the module doc, holding an empty ``pull-messages`` up to ``hold_s`` s."""
     import httpx
+    from fedecho.deploy.polling import ring
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
@@ -79,6 +169,9 @@ def build_app(upstream: str, ca_cert: str | Path, log_file: str | Path | None = 
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=16)
     client = httpx.AsyncClient(base_url=f"https://{upstream}", verify=verify, timeout=120.0, limits=limits)
 
+    state: dict[str, _Outbox] = {}
+    inbox = Path(bells) / INBOX_BELL if bells is not None else None
+
     async def forward(request: Request) -> Response:
         path, method = request.url.path, request.method
         if not is_allowed(method, path):
@@ -88,18 +181,33 @@ def build_app(upstream: str, ca_cert: str | Path, log_file: str | Path | None = 
             return JSONResponse({"code": REFUSAL_CODE, "detail": REFUSAL}, status_code=403)
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP]
         body = await request.body()
+        outbox = state.get("outbox")
+        rings = outbox.rings if outbox is not None else 0
         try:
             reply = await client.request(method, path, content=body, headers=headers)
+            if (outbox is not None and path == _PULL_MESSAGES and reply.status_code == 200
+                    and _no_message(reply.content) and await outbox.rang_since(rings, hold_s)):
+                # the ServerApp pushed messages while this site was asking: ask again, once
+                reply = await client.request(method, path, content=body, headers=headers)
         except httpx.HTTPError as exc:
             return JSONResponse({"detail": f"SuperLink unreachable behind the gateway ({type(exc).__name__})"},
                                 status_code=502)
+        if inbox is not None and path == _PUSH_MESSAGES and reply.status_code == 200:
+            ring(inbox)
         out = {k: v for k, v in reply.headers.items() if k.lower() not in _HOP and k.lower() != "content-encoding"}
         return Response(content=reply.content, status_code=reply.status_code, headers=out)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        yield
-        await client.aclose()
+        if bells is not None:
+            Path(bells).mkdir(parents=True, exist_ok=True, mode=0o700)
+            state["outbox"] = _Outbox(Path(bells) / OUTBOX_BELL)
+        try:
+            yield
+        finally:
+            if "outbox" in state:
+                state.pop("outbox").close()
+            await client.aclose()
 
     methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
     routes = [Route("/{path:path}", forward, methods=methods)]
@@ -107,11 +215,11 @@ def build_app(upstream: str, ca_cert: str | Path, log_file: str | Path | None = 
 
 
 def gateway_command(*, listen_host: str, listen_port: int, upstream: str, cert: Path, key: Path, ca_cert: Path,
-                    log_file: Path) -> list[str]:
+                    log_file: Path, bells: Path | None = None) -> list[str]:
     """The command line that runs the gateway in its own process (this Python)."""
     return [sys.executable, "-m", "fedecho.deploy.gateway", "--host", listen_host, "--port", str(listen_port),
             "--upstream", upstream, "--certfile", str(cert), "--keyfile", str(key), "--ca-certfile", str(ca_cert),
-            "--log-file", str(log_file)]
+            "--log-file", str(log_file), *(["--bells", str(bells)] if bells is not None else [])]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,11 +233,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keyfile", required=True)
     parser.add_argument("--ca-certfile", required=True)
     parser.add_argument("--log-file", default=None, help="one JSON line per refused call")
+    parser.add_argument("--bells", default=None, help="folder of the coordinator bells (outbox.bell, inbox.bell)")
+    parser.add_argument("--hold", type=float, default=HOLD_S,
+                        help="seconds an empty pull-messages waits for the outbox bell (with --bells)")
     args = parser.parse_args(argv)
+    if not 0 < args.hold <= 10:
+        parser.error(f"--hold {args.hold}: give seconds in (0, 10]")
     for flag in ("certfile", "keyfile", "ca_certfile"):
         if not Path(getattr(args, flag)).is_file():
             parser.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: file not found")
-    app = build_app(args.upstream, args.ca_certfile, args.log_file)
+    app = build_app(args.upstream, args.ca_certfile, args.log_file, bells=args.bells, hold_s=args.hold)
     print(f"FedEcho gateway on {args.host}:{args.port} -> SuperLink {args.upstream} (Fleet API only)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, ssl_certfile=args.certfile, ssl_keyfile=args.keyfile,
                 log_level="warning", access_log=False, server_header=False)

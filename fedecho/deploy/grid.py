@@ -20,11 +20,22 @@ replies' (:mod:`fedecho.deploy.packing`): a train message and its reply then tra
 each instead of one per tensor and chunk (~56 for a 26-tensor adapter), at every hop. A reply whose packed bytes do not add up is
 handed on as an error reply from its site (code ``MESSAGE_UNAVAILABLE``), not raised: one bad site
 does not fail the round. Everything else is the wrapped Grid's.
+
+Where the coordinator runs with bells (:envvar:`FEDECHO_COORDINATOR_BELLS`, set by
+``fedecho-server start`` for the SuperLink and so inherited by the ServerApp; see
+:mod:`fedecho.deploy.gateway`), the PromptGrid rings the outbox bell after each push, so sites
+waiting at the gateway get their messages at once, and between its looks for replies it waits on
+the inbox bell, which the gateway rings when a site pushed one: a look comes when a reply came,
+and otherwise 0.5 s after the push, backing off to every :attr:`PromptGrid.bell_poll_s` (2) seconds.
+Rings are not lost (they wait in the pipe until read), so these looks only matter where a reply
+reached the SuperLink without passing the gateway.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import os
 import time
 from collections.abc import Iterable
 from types import ModuleType
@@ -35,9 +46,13 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from fedecho.deploy.packing import PackedRecordError, pack_message, unpack_message
-from fedecho.deploy.polling import PollSchedule
+from fedecho.deploy.polling import PollSchedule, TaskBell, ring
 
-__all__ = ["PromptGrid", "fast_object_pulls", "prompt"]
+__all__ = ["BELLS_ENV", "PromptGrid", "fast_object_pulls", "prompt"]
+
+_log = logging.getLogger(__name__)
+#: The environment variable naming the folder of the coordinator bells (outbox.bell, inbox.bell).
+BELLS_ENV = "FEDECHO_COORDINATOR_BELLS"
 
 
 def fast_object_pulls(module: ModuleType, *, first_s: float = 0.02, cap_s: float = 0.1) -> bool:
@@ -62,7 +77,7 @@ def prompt(grid: Grid) -> Grid:
     if isinstance(grid, (InMemoryGrid, PromptGrid)):
         return grid
     fast_object_pulls(http_grid)
-    return PromptGrid(grid)
+    return PromptGrid(grid, bells=os.environ.get(BELLS_ENV) or None)
 
 
 def _unpacked(reply: Message) -> Message:
@@ -77,17 +92,37 @@ class PromptGrid(Grid):
     """``grid`` with a prompter ``send_and_receive`` (see the module doc)."""
 
     def __init__(self, grid: Grid, *, first_poll_s: float = 0.01, max_poll_s: float = 0.1,
-                 node_ids_ttl_s: float = 0.5) -> None:
+                 node_ids_ttl_s: float = 0.5, bells: str | os.PathLike | None = None,
+                 bell_first_poll_s: float = 0.5, bell_poll_s: float = 2.0) -> None:
         self._grid = grid
         self.first_poll_s, self.max_poll_s = first_poll_s, max_poll_s
         self.node_ids_ttl_s = node_ids_ttl_s
         self._node_ids: tuple[float, list[int]] | None = None
+        self.bell_first_poll_s, self.bell_poll_s = bell_first_poll_s, bell_poll_s
+        self._bells = None if bells is None else os.fspath(bells)
+        self._inbox: TaskBell | None = None
+
+    def _inbox_bell(self) -> TaskBell | None:
+        """The inbox bell (opened at the first wait), or None where there are no bells."""
+        if self._bells is not None and self._inbox is None:
+            from fedecho.deploy.gateway import INBOX_BELL
+
+            self._inbox = TaskBell(os.path.join(self._bells, INBOX_BELL))
+            if self._inbox.works:
+                _log.info("coordinator bells on (%s): replies are collected when the gateway rings", self._bells)
+            else:
+                _log.warning("coordinator bells in %s unusable (%s): looking for replies on a schedule instead",
+                             self._bells, self._inbox.error)
+        return self._inbox if self._inbox is not None and self._inbox.works else None
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        inbox = self._inbox_bell()  # listening before the sites can answer
         pending = set(self.push_messages(messages))
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
-        schedule = PollSchedule(self.first_poll_s, self.max_poll_s)
+        schedule = (PollSchedule(self.bell_first_poll_s, self.bell_poll_s) if inbox is not None
+                    else PollSchedule(self.first_poll_s, self.max_poll_s))
+        wait = inbox.wait if inbox is not None else time.sleep
         while pending:
             arrived = list(self.pull_messages(pending))
             replies.extend(arrived)
@@ -97,7 +132,7 @@ class PromptGrid(Grid):
             if arrived:  # the other sites are often close behind
                 schedule.reset()
             poll = schedule.next_interval()
-            time.sleep(poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic())))
+            wait(poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic())))
         return replies
 
     # --- everything else is the wrapped Grid's -------------------------------------------------
@@ -125,8 +160,14 @@ class PromptGrid(Grid):
 
     def push_messages(self, messages):  # noqa: ANN001, ANN201
         """The wrapped Grid's, with each message's ArrayRecords packed (the caller's messages are
-        left as they are and get their message ids as with Flower's Grid)."""
-        return self._grid.push_messages([pack_message(m) for m in messages])
+        left as they are and get their message ids as with Flower's Grid); then the outbox bell
+        rings, where there are bells."""
+        ids = self._grid.push_messages([pack_message(m) for m in messages])
+        if self._bells is not None:
+            from fedecho.deploy.gateway import OUTBOX_BELL
+
+            ring(os.path.join(self._bells, OUTBOX_BELL))
+        return ids
 
     def pull_messages(self, message_ids):  # noqa: ANN001, ANN201
         """The wrapped Grid's, with each reply's ArrayRecords unpacked (a reply that cannot be

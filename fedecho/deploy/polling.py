@@ -79,6 +79,7 @@ class TaskBell:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.fd: int | None = None
+        self.error = ""
         try:
             if self.path.exists() and not stat.S_ISFIFO(self.path.stat().st_mode):
                 self.path.unlink()

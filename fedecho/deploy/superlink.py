@@ -61,11 +61,18 @@ def superlink_command(federation: Federation, *, port: int, log_file: str | Path
     return command
 
 
-def superlink_env(federation: Federation) -> dict[str, str]:
-    """The SuperLink's environment: :func:`flower_env` without the legacy gRPC server switches."""
+def superlink_env(federation: Federation, *, bells: str | Path | None = None) -> dict[str, str]:
+    """The SuperLink's environment: :func:`flower_env` without the legacy gRPC server switches;
+    with ``bells``, the folder of the coordinator bells for the ServerApps it starts (which
+    inherit it: :data:`fedecho.deploy.grid.BELLS_ENV`)."""
+    from fedecho.deploy.grid import BELLS_ENV
+
     env = flower_env(federation.flwr_home)
     for name in _LEGACY_GRPC:
         env.pop(name, None)
+    env.pop(BELLS_ENV, None)
+    if bells is not None:
+        env[BELLS_ENV] = str(Path(bells).resolve())
     return env
 
 

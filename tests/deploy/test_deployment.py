@@ -140,6 +140,8 @@ def test_full_run_over_tls_with_authenticated_sites(federation, sites, tmp_path)
     output = run.tail(100_000)
     assert re.search(r"adapt:view +round 1/2 +2/2 sites", output) and re.search(r"adapt:view +round 2/2", output), output
     assert "| view | accuracy |" in output  # the final table reaches the person who ran it
+    # the ServerApp inherited the coordinator bells from fedecho-server start (fedecho.deploy.gateway)
+    assert "coordinator bells on" in (run_dir / "coordinator.log").read_text(errors="replace")
     history = _history(run_dir)
     assert [r["phase"] for r in history] == ["setup:view", "adapt:view", "adapt:view", "evaluate:view"]
     assert [r["round"] for r in history if r["phase"] == "adapt:view"] == [1, 2]
