@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="address the gateway listens on (default all interfaces; the SuperLink itself "
                             "listens on 127.0.0.1 only)")
     start.add_argument("--port", type=int, default=None, help="public port (default: the federation's, 9093)")
+    start.add_argument("--max-request-mib", type=int, default=None,
+                       help="largest request the public port reads, in MiB (default 64; larger ones get HTTP 413)")
     start.add_argument("--internal-port", type=int, default=None,
                        help="the SuperLink's loopback port (default: a free one, chosen at each start)")
 
@@ -153,7 +155,8 @@ def _start(args: argparse.Namespace) -> int:
         tls = federation.tls
         gateway = ManagedProcess("fedecho gateway", gateway_command(
             listen_host=args.host, listen_port=federation.port, upstream=f"{LOOPBACK}:{internal}", cert=tls.cert,
-            key=tls.key, ca_cert=tls.ca_cert, log_file=federation.gateway_log, bells=bells),
+            key=tls.key, ca_cert=tls.ca_cert, log_file=federation.gateway_log, bells=bells,
+            **({"max_body_mib": args.max_request_mib} if args.max_request_mib else {})),
             log_path=state / "gateway.out")
         local = LOOPBACK if args.host in ("0.0.0.0", "::", "localhost", LOOPBACK) else args.host
         wait_for_port(local, federation.port, timeout=60, process=gateway)

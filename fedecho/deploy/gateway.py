@@ -33,6 +33,13 @@ replies. Only a call the SuperLink answered with HTTP 200 is held (an unauthenti
 401 at once), and one held call re-asks the SuperLink at most once. A bell nobody listens to is
 never waited for: every waiter keeps its own looks as a fallback, so a missed ring costs at most
 an interval, never a message.
+
+**Request size.** A request body is read only up to ``max_body`` bytes (default
+:data:`MAX_BODY_MIB` MiB, ``--max-body-mib``; ``fedecho-server start --max-request-mib``): a larger
+one, announced by its Content-Length or streamed in chunks, is answered HTTP 413 without being
+buffered or forwarded, so someone holding the CA certificate cannot exhaust the coordinator's
+memory with one upload. Flower sends a message's tensors as separate objects of at most 5 MiB
+(``FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE``), so a site's largest call is far below the default.
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ import ssl
 import sys
 from pathlib import Path
 
-__all__ = ["FLEET_PATHS", "HOLD_S", "INBOX_BELL", "OUTBOX_BELL", "REFUSAL_CODE", "build_app", "gateway_command",
+__all__ = ["FLEET_PATHS", "HOLD_S", "INBOX_BELL", "MAX_BODY_MIB", "OUTBOX_BELL", "REFUSAL_CODE", "build_app", "gateway_command",
            "is_allowed", "main"]
 
 #: The Fleet calls a SuperNode with an authentication key makes (flwr/supernode/fleet_http_client.py).
@@ -65,6 +72,8 @@ OUTBOX_BELL = "outbox.bell"
 INBOX_BELL = "inbox.bell"
 #: Longest time a site's empty ``pull-messages`` is held waiting for the outbox bell (seconds).
 HOLD_S = 1.0
+#: Largest request body the gateway reads (MiB); Flower's largest object is 5 MiB (module doc).
+MAX_BODY_MIB = 64
 _PULL_MESSAGES = "/v1/fleet/pull-messages"
 _PUSH_MESSAGES = "/v1/fleet/push-messages"
 #: Headers that belong to one hop (RFC 9110 §7.6.1) or that httpx / Starlette set themselves.
@@ -89,6 +98,25 @@ def _refusal_logger(log_file: Path | None) -> logging.Logger:
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
     return logger
+
+
+class _TooLarge(Exception):
+    """A request body over the gateway's limit."""
+
+
+async def _read_body(request, limit: int) -> bytes:
+    """The request's body, or :class:`_TooLarge` as soon as more than ``limit`` bytes are
+    announced or have arrived (nothing beyond the limit is kept)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+        raise _TooLarge(int(declared))
+    parts, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge(size)
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def _no_message(content: bytes) -> bool:
@@ -153,10 +181,11 @@ class _Outbox:
 
 
 def build_app(upstream: str, ca_cert: str | Path, log_file: str | Path | None = None, *,
-              bells: str | Path | None = None, hold_s: float = HOLD_S):
+              bells: str | Path | None = None, hold_s: float = HOLD_S, max_body: int = MAX_BODY_MIB << 20):
     """The gateway as an ASGI app forwarding allowed calls to ``https://<upstream>`` (HOST:PORT),
     checking the upstream's certificate against ``ca_cert``; with ``bells`` (a folder), the
-    coordinator bells of the module doc, holding an empty ``pull-messages`` up to ``hold_s`` s."""
+    coordinator bells of the module doc, holding an empty ``pull-messages`` up to ``hold_s`` s;
+    a request body over ``max_body`` bytes is answered 413 unread."""
     import httpx
     from fedecho.deploy.polling import ring
     from starlette.applications import Starlette
@@ -172,15 +201,25 @@ def build_app(upstream: str, ca_cert: str | Path, log_file: str | Path | None = 
     state: dict[str, _Outbox] = {}
     inbox = Path(bells) / INBOX_BELL if bells is not None else None
 
+    def note(request: Request, decision: str, **extra) -> None:
+        peer = request.client.host if request.client else "?"
+        logger.info(json.dumps({"time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "peer": peer,
+                                "method": request.method, "path": request.url.path[:200], "decision": decision,
+                                **extra}))
+
     async def forward(request: Request) -> Response:
         path, method = request.url.path, request.method
         if not is_allowed(method, path):
-            peer = request.client.host if request.client else "?"
-            logger.info(json.dumps({"time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "peer": peer,
-                                    "method": method, "path": path[:200], "decision": "refused"}))
+            note(request, "refused")
             return JSONResponse({"code": REFUSAL_CODE, "detail": REFUSAL}, status_code=403)
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP]
-        body = await request.body()
+        try:
+            body = await _read_body(request, max_body)
+        except _TooLarge as big:
+            note(request, "too large", bytes=big.args[0], limit=max_body)
+            detail = (f"request body over the FedEcho gateway's limit of {max_body} bytes "
+                      f"(the coordinator raises it with `fedecho-server start --max-request-mib`)")
+            return JSONResponse({"detail": detail}, status_code=413, headers={"connection": "close"})
         outbox = state.get("outbox")
         rings = outbox.rings if outbox is not None else 0
         try:
@@ -215,11 +254,12 @@ def build_app(upstream: str, ca_cert: str | Path, log_file: str | Path | None = 
 
 
 def gateway_command(*, listen_host: str, listen_port: int, upstream: str, cert: Path, key: Path, ca_cert: Path,
-                    log_file: Path, bells: Path | None = None) -> list[str]:
+                    log_file: Path, bells: Path | None = None, max_body_mib: int = MAX_BODY_MIB) -> list[str]:
     """The command line that runs the gateway in its own process (this Python)."""
     return [sys.executable, "-m", "fedecho.deploy.gateway", "--host", listen_host, "--port", str(listen_port),
             "--upstream", upstream, "--certfile", str(cert), "--keyfile", str(key), "--ca-certfile", str(ca_cert),
-            "--log-file", str(log_file), *(["--bells", str(bells)] if bells is not None else [])]
+            "--log-file", str(log_file), *(["--bells", str(bells)] if bells is not None else []),
+            "--max-body-mib", str(max_body_mib)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,13 +276,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bells", default=None, help="folder of the coordinator bells (outbox.bell, inbox.bell)")
     parser.add_argument("--hold", type=float, default=HOLD_S,
                         help="seconds an empty pull-messages waits for the outbox bell (with --bells)")
+    parser.add_argument("--max-body-mib", type=int, default=MAX_BODY_MIB,
+                        help=f"largest request body read, in MiB (default {MAX_BODY_MIB}); larger ones get HTTP 413")
     args = parser.parse_args(argv)
     if not 0 < args.hold <= 10:
         parser.error(f"--hold {args.hold}: give seconds in (0, 10]")
+    if args.max_body_mib < 6:
+        parser.error(f"--max-body-mib {args.max_body_mib}: give at least 6 (Flower sends objects of up to 5 MiB)")
     for flag in ("certfile", "keyfile", "ca_certfile"):
         if not Path(getattr(args, flag)).is_file():
             parser.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: file not found")
-    app = build_app(args.upstream, args.ca_certfile, args.log_file, bells=args.bells, hold_s=args.hold)
+    app = build_app(args.upstream, args.ca_certfile, args.log_file, bells=args.bells, hold_s=args.hold,
+                    max_body=args.max_body_mib << 20)
     print(f"FedEcho gateway on {args.host}:{args.port} -> SuperLink {args.upstream} (Fleet API only)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, ssl_certfile=args.certfile, ssl_keyfile=args.keyfile,
                 log_level="warning", access_log=False, server_header=False)
