@@ -40,11 +40,19 @@ one, announced by its Content-Length or streamed in chunks, is answered HTTP 413
 buffered or forwarded, so someone holding the CA certificate cannot exhaust the coordinator's
 memory with one upload. Flower sends a message's tensors as separate objects of at most 5 MiB
 (``FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE``), so a site's largest call is far below the default.
+
+**Slow peers.** uvicorn times out only the idle time after a response: a connection that never
+completes a request's headers (one that sends nothing, or a header byte now and then: a slowloris)
+would stay open for ever, so anyone with network reach could hold the gateway's connections. The
+gateway's HTTP protocol (:func:`http_protocol`) drops a connection whose request headers are not
+complete ``header_timeout`` seconds (:data:`HEADER_TIMEOUT_S`) after it opened or after its
+previous response, and a body that has not arrived within :data:`BODY_TIMEOUT_S` gets HTTP 408.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import datetime as dt
 import json
@@ -54,8 +62,8 @@ import ssl
 import sys
 from pathlib import Path
 
-__all__ = ["FLEET_PATHS", "HOLD_S", "INBOX_BELL", "MAX_BODY_MIB", "OUTBOX_BELL", "REFUSAL_CODE", "build_app", "gateway_command",
-           "is_allowed", "main"]
+__all__ = ["BODY_TIMEOUT_S", "FLEET_PATHS", "HEADER_TIMEOUT_S", "HOLD_S", "INBOX_BELL", "MAX_BODY_MIB", "OUTBOX_BELL", "REFUSAL_CODE", "build_app", "gateway_command",
+           "http_protocol", "is_allowed", "main"]
 
 #: The Fleet calls a SuperNode with an authentication key makes (flwr/supernode/fleet_http_client.py).
 FLEET_PATHS = frozenset(f"/v1/fleet/{call}" for call in (
@@ -74,6 +82,10 @@ INBOX_BELL = "inbox.bell"
 HOLD_S = 1.0
 #: Largest request body the gateway reads (MiB); Flower's largest object is 5 MiB (module doc).
 MAX_BODY_MIB = 64
+#: Longest time from a connection's start, or its previous response, to a request's complete headers (s).
+HEADER_TIMEOUT_S = 10.0
+#: Longest time a request's body may take to arrive once its headers are in (s).
+BODY_TIMEOUT_S = 120.0
 _PULL_MESSAGES = "/v1/fleet/pull-messages"
 _PUSH_MESSAGES = "/v1/fleet/push-messages"
 #: Headers that belong to one hop (RFC 9110 §7.6.1) or that httpx / Starlette set themselves.
@@ -119,6 +131,49 @@ async def _read_body(request, limit: int) -> bytes:
     return b"".join(parts)
 
 
+def http_protocol(header_timeout: float = HEADER_TIMEOUT_S):
+    """uvicorn's HTTP/1.1 protocol (httptools) with a deadline for each request's headers
+    (module doc, "Slow peers"): armed when the connection opens and after each response, disarmed
+    when a request's headers are complete; at the deadline the connection is aborted."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class Protocol(HttpToolsProtocol):
+        _deadline = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def _arm(self) -> None:
+            if self._deadline is None:
+                self._deadline = self.loop.call_later(header_timeout, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _too_slow(self) -> None:
+            self._deadline = None
+            if not self.transport.is_closing():
+                self.transport.abort()
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return Protocol
+
+
 def _no_message(content: bytes) -> bool:
     """Whether a ``pull-messages`` answer body carries no message (an unreadable one: False)."""
     from flwr.proto.fleet_pb2 import PullMessagesResponse
@@ -136,8 +191,6 @@ class _Outbox:
     the next one (every held call wakes on one ring)."""
 
     def __init__(self, path: Path) -> None:
-        import asyncio
-
         from fedecho.deploy.polling import TaskBell
 
         self.bell = TaskBell(path)
@@ -147,8 +200,6 @@ class _Outbox:
             asyncio.get_running_loop().add_reader(self.bell.fd, self._on_ring)
 
     def _on_ring(self) -> None:
-        import asyncio
-
         try:
             while os.read(self.bell.fd, 4096):
                 pass
@@ -160,8 +211,6 @@ class _Outbox:
 
     async def rang_since(self, rings: int, timeout: float) -> bool:
         """Whether the bell rang after the count was ``rings``, waiting up to ``timeout`` s for it."""
-        import asyncio
-
         if self.rings != rings:
             return True
         if not self.bell.works:
@@ -173,8 +222,6 @@ class _Outbox:
         return True
 
     def close(self) -> None:
-        import asyncio
-
         if self.bell.works:
             asyncio.get_running_loop().remove_reader(self.bell.fd)
         self.bell.close()
@@ -214,7 +261,11 @@ def build_app(upstream: str, ca_cert: str | Path, log_file: str | Path | None = 
             return JSONResponse({"code": REFUSAL_CODE, "detail": REFUSAL}, status_code=403)
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP]
         try:
-            body = await _read_body(request, max_body)
+            body = await asyncio.wait_for(_read_body(request, max_body), BODY_TIMEOUT_S)
+        except TimeoutError:
+            note(request, "too slow")
+            return JSONResponse({"detail": f"request body not complete within {BODY_TIMEOUT_S:g} s"},
+                                status_code=408, headers={"connection": "close"})
         except _TooLarge as big:
             note(request, "too large", bytes=big.args[0], limit=max_body)
             detail = (f"request body over the FedEcho gateway's limit of {max_body} bytes "
@@ -276,11 +327,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bells", default=None, help="folder of the coordinator bells (outbox.bell, inbox.bell)")
     parser.add_argument("--hold", type=float, default=HOLD_S,
                         help="seconds an empty pull-messages waits for the outbox bell (with --bells)")
+    parser.add_argument("--header-timeout", type=float, default=HEADER_TIMEOUT_S,
+                        help=f"seconds a connection may take to send a request's headers (default {HEADER_TIMEOUT_S:g})")
     parser.add_argument("--max-body-mib", type=int, default=MAX_BODY_MIB,
                         help=f"largest request body read, in MiB (default {MAX_BODY_MIB}); larger ones get HTTP 413")
     args = parser.parse_args(argv)
     if not 0 < args.hold <= 10:
         parser.error(f"--hold {args.hold}: give seconds in (0, 10]")
+    if not 0 < args.header_timeout <= 300:
+        parser.error(f"--header-timeout {args.header_timeout}: give seconds in (0, 300]")
     if args.max_body_mib < 6:
         parser.error(f"--max-body-mib {args.max_body_mib}: give at least 6 (Flower sends objects of up to 5 MiB)")
     for flag in ("certfile", "keyfile", "ca_certfile"):
@@ -290,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
                     max_body=args.max_body_mib << 20)
     print(f"FedEcho gateway on {args.host}:{args.port} -> SuperLink {args.upstream} (Fleet API only)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, ssl_certfile=args.certfile, ssl_keyfile=args.keyfile,
-                log_level="warning", access_log=False, server_header=False)
+                log_level="warning", access_log=False, server_header=False,
+                http=http_protocol(args.header_timeout))
     return 0
 
 

@@ -181,17 +181,19 @@ def test_the_serverapp_rings_after_pushing_and_wakes_on_the_inbox_bell(tmp_path)
     bells.mkdir()
     outbox = TaskBell(bells / OUTBOX_BELL)  # the gateway's side
     try:
-        inner = _Grid(0.6)
-        grid = PromptGrid(inner, bells=bells, bell_first_poll_s=2.0, bell_poll_s=5.0)  # fallback looks: late
-        threading.Timer(0.6, lambda: ring(bells / INBOX_BELL)).start()  # the gateway, when the reply came
+        inner = _Grid(0.4)
+        grid = PromptGrid(inner, bells=bells, bell_first_poll_s=3.0, bell_poll_s=5.0)  # fallback looks: late
+        # the gateway rings once the SuperLink accepted the reply: after the reply is there (0.4 s
+        # after the push, which follows this timer's start), never before it
+        threading.Timer(0.8, lambda: ring(bells / INBOX_BELL)).start()
         start = time.monotonic()
         replies = list(grid.send_and_receive([_message(1)], timeout=10))
         took = time.monotonic() - start
         assert len(replies) == 1
         assert outbox.wait(0)  # rang after the push
-        assert took < 1.5, took  # woken by the ring, not by the fallback look at 2 s
+        assert took < 2.4, took  # woken by the ring, not by the fallback look at 3 s
         assert len(inner.looks) == 2, inner.looks  # the first at once, then the ring's
-        without = _Grid(0.6)
+        without = _Grid(0.4)
         list(PromptGrid(without).send_and_receive([_message(1)], timeout=10))
         assert len(without.looks) > len(inner.looks)  # without bells: a look every 10-100 ms
     finally:

@@ -1,8 +1,10 @@
-"""The gateway reads a request body only up to its limit (fedecho.deploy.gateway, ``--max-body-mib``):
-an outsider holding the CA certificate who announces or streams a huge upload gets HTTP 413, the
-SuperLink never sees the call, and the gateway's memory does not grow with the upload. A site's
-largest real call (a 5 MiB tensor chunk in ``push-object``) still passes. Real gateway process, the
-stand-in SuperLink of the bells tests behind it."""
+"""What one peer with network reach can make the gateway hold (fedecho.deploy.gateway): a request
+body is read only up to its limit (``--max-body-mib``): an outsider who announces or streams a huge
+upload gets HTTP 413, the SuperLink never sees the call, and the gateway's memory does not grow with
+the upload, while a site's largest real call (a 5 MiB tensor chunk in ``push-object``) still passes;
+a connection that does not complete a request's headers in time (``--header-timeout``: silent, or a
+slowloris dripping header bytes) is dropped, while a site's kept-alive connection keeps working.
+Real gateway process, the stand-in SuperLink of the bells tests behind it."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from fedecho.deploy.process import ManagedProcess, flower_env, free_port, wait_f
 from tests.deploy.test_coordinator_bells import _Upstream
 
 LIMIT_MIB = 6
+HEADER_TIMEOUT_S = 1.5
 
 
 @pytest.fixture
@@ -32,6 +35,7 @@ def gateway(tmp_path):
     log = tmp_path / "gateway.log"
     command = gateway_command(listen_host="127.0.0.1", listen_port=port, upstream=f"127.0.0.1:{upstream_port}",
                               cert=tls.cert, key=tls.key, ca_cert=ca.ca_cert, log_file=log, max_body_mib=LIMIT_MIB)
+    command += ["--header-timeout", str(HEADER_TIMEOUT_S)]
     process = ManagedProcess("gateway", command, env=flower_env(), log_path=tmp_path / "gateway.out")
     try:
         wait_for_port("127.0.0.1", port, timeout=60, process=process)
@@ -138,3 +142,53 @@ def test_the_limit_is_set_from_the_coordinators_command_line(tmp_path):
     command = gateway_command(listen_host="0.0.0.0", listen_port=9200, upstream="127.0.0.1:1", cert=tmp_path / "c",
                               key=tmp_path / "k", ca_cert=tmp_path / "ca", log_file=tmp_path / "l", max_body_mib=32)
     assert command[command.index("--max-body-mib") + 1] == "32"
+
+
+def _closed_after(sock: ssl.SSLSocket, drip: bytes = b"", every: float = 0.25, limit: float = 20.0) -> float:
+    """Seconds until the gateway closes ``sock``, sending ``drip`` every ``every`` s meanwhile."""
+    start = time.monotonic()
+    sock.settimeout(every)
+    while time.monotonic() - start < limit:
+        try:
+            if drip:
+                sock.sendall(drip)
+            if sock.recv(1024) == b"":
+                break
+        except TimeoutError:
+            continue
+        except OSError:
+            break
+    return time.monotonic() - start
+
+
+def test_a_silent_connection_is_dropped_at_the_header_deadline(gateway):
+    upstream, _, _, connect = gateway
+    with connect() as sock:  # TLS handshake done, then nothing
+        seconds = _closed_after(sock)
+    assert HEADER_TIMEOUT_S - 0.2 <= seconds < HEADER_TIMEOUT_S + 5.0, seconds
+    assert upstream.calls == []
+
+
+def test_a_slowloris_is_dropped_although_it_keeps_sending(gateway):
+    """Header bytes every 0.25 s (each one resets no timer): dropped at the header deadline."""
+    upstream, _, _, connect = gateway
+    with connect() as sock:
+        sock.sendall(b"POST /v1/fleet/pull-messages HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        seconds = _closed_after(sock, drip=b"X")
+    assert HEADER_TIMEOUT_S - 0.2 <= seconds < HEADER_TIMEOUT_S + 5.0, seconds
+    assert upstream.calls == []
+
+
+def test_a_sites_kept_alive_connection_outlives_the_header_deadline(gateway):
+    """A site's requests on one connection, spaced by less than uvicorn's keep-alive time, each
+    complete its headers at once: the connection serves them all, well past the header deadline."""
+    upstream, _, _, connect = gateway
+    start = time.monotonic()
+    with connect() as sock:
+        for _ in range(4):
+            sock.sendall(_head("/v1/fleet/send-node-heartbeat", "Content-Length: 0\r\n"))
+            status, _ = _answer(sock)
+            assert status == 200
+            time.sleep(HEADER_TIMEOUT_S * 0.6)
+    assert time.monotonic() - start > 2 * HEADER_TIMEOUT_S
+    assert [p for _, p in upstream.calls] == ["/v1/fleet/send-node-heartbeat"] * 4
