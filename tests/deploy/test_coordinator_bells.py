@@ -8,6 +8,7 @@ side is checked against a Grid whose replies come when the test says."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import ssl
 import threading
@@ -72,25 +73,33 @@ class _Upstream:
         self.thread.join(10)
 
 
-@pytest.fixture
-def gateway(tmp_path):
+@contextlib.contextmanager
+def running_gateway(tmp_path, *args: str, **command_options):
+    """A real gateway process in front of an :class:`_Upstream` on 127.0.0.1: yields (upstream,
+    gateway process, port, TLS context trusting the federation's CA); ``command_options`` go to
+    :func:`gateway_command`, ``args`` are appended to its command line."""
     ca = make_ca(tmp_path / "ca")
     tls = make_server_cert(ca, tmp_path / "server", ["127.0.0.1", "localhost"])
     upstream_port, port = free_port(), free_port()
     upstream = _Upstream(tls, upstream_port)
     wait_for_port("127.0.0.1", upstream_port, timeout=30)
-    bells = tmp_path / "bells"
     command = gateway_command(listen_host="127.0.0.1", listen_port=port, upstream=f"127.0.0.1:{upstream_port}",
                               cert=tls.cert, key=tls.key, ca_cert=ca.ca_cert, log_file=tmp_path / "gateway.log",
-                              bells=bells) + ["--hold", str(HOLD_S)]
+                              **command_options) + list(args)
     process = ManagedProcess("gateway", command, env=flower_env(), log_path=tmp_path / "gateway.out")
     try:
         wait_for_port("127.0.0.1", port, timeout=60, process=process)
-        context = ssl.create_default_context(cafile=str(ca.ca_cert))
-        yield upstream, bells, (lambda: http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10))
+        yield upstream, process, port, ssl.create_default_context(cafile=str(ca.ca_cert))
     finally:
         process.stop()
         upstream.stop()
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    bells = tmp_path / "bells"
+    with running_gateway(tmp_path, "--hold", str(HOLD_S), bells=bells) as (upstream, _, port, context):
+        yield upstream, bells, (lambda: http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10))
 
 
 def _post(connect, path: str, *, auth: str = "good") -> tuple[int, bytes, float]:

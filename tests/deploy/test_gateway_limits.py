@@ -16,10 +16,8 @@ import time
 import psutil
 import pytest
 
-from fedecho.deploy.certs import make_ca, make_server_cert
 from fedecho.deploy.gateway import gateway_command
-from fedecho.deploy.process import ManagedProcess, flower_env, free_port, wait_for_port
-from tests.deploy.test_coordinator_bells import _Upstream
+from tests.deploy.test_coordinator_bells import running_gateway
 
 LIMIT_MIB = 6
 HEADER_TIMEOUT_S = 1.5
@@ -27,28 +25,14 @@ HEADER_TIMEOUT_S = 1.5
 
 @pytest.fixture
 def gateway(tmp_path):
-    ca = make_ca(tmp_path / "ca")
-    tls = make_server_cert(ca, tmp_path / "server", ["127.0.0.1", "localhost"])
-    upstream_port, port = free_port(), free_port()
-    upstream = _Upstream(tls, upstream_port)
-    wait_for_port("127.0.0.1", upstream_port, timeout=30)
-    log = tmp_path / "gateway.log"
-    command = gateway_command(listen_host="127.0.0.1", listen_port=port, upstream=f"127.0.0.1:{upstream_port}",
-                              cert=tls.cert, key=tls.key, ca_cert=ca.ca_cert, log_file=log, max_body_mib=LIMIT_MIB)
-    command += ["--header-timeout", str(HEADER_TIMEOUT_S)]
-    process = ManagedProcess("gateway", command, env=flower_env(), log_path=tmp_path / "gateway.out")
-    try:
-        wait_for_port("127.0.0.1", port, timeout=60, process=process)
-        context = ssl.create_default_context(cafile=str(ca.ca_cert))
+    with running_gateway(tmp_path, "--header-timeout", str(HEADER_TIMEOUT_S),
+                         max_body_mib=LIMIT_MIB) as (upstream, process, port, context):
 
         def connect() -> ssl.SSLSocket:
             raw = socket.create_connection(("127.0.0.1", port), timeout=20)
             return context.wrap_socket(raw, server_hostname="127.0.0.1")
 
-        yield upstream, process, log, connect
-    finally:
-        process.stop()
-        upstream.stop()
+        yield upstream, process, tmp_path / "gateway.log", connect
 
 
 def _head(path: str, extra: str) -> bytes:
