@@ -28,10 +28,12 @@ from fedecho.experiments.results import ArmResult, collect_arm, write_results
 from fedecho.experiments.spec import Experiment
 from fedecho.federation.ray_session import shared_ray
 
-__all__ = ["LOCAL", "POOLED", "arm_overrides", "local_arms", "run_experiment"]
+__all__ = ["LOCAL", "POOLED", "PRETEXT_INIT", "arm_overrides", "local_arms", "run_experiment"]
 
 log = logging.getLogger(__name__)
 
+#: an encoder arm's override that starts it from the experiment's supervised pretext encoder
+PRETEXT_INIT = "init=pretext"
 #: overrides that turn any federated arm into the pooled (one-site) arm
 POOLED = ["federation.num_sites=1", "federation.strategy.name=fedavg", "federation.strategy.min_sites=1",
           "federation.strategy.local_norms=false", "federation.lora_aggregation=fedavg", "data.partition.method=iid"]
@@ -192,7 +194,8 @@ def run_experiment(exp: Experiment, size: str = "smoke", *, out: str | Path | No
                    cpus: int | None = None, cpus_per_site: float = 1.0, first_arm: bool = False,
                    argv: list[str] | None = None) -> dict[str, Any]:
     """Run ``exp`` at ``size``; returns the results written to ``OUT/results.json`` (+ results.md).
-    ``first_arm``: only the pooled arm and the first federated arm (CI's smoke runs). ``argv``: the
+    ``first_arm``: only the pooled arm and the first federated arm (CI's smoke runs; label-fraction
+    experiments: the first encoder in every setting, the others federated only). ``argv``: the
     command recorded with the results (default: this process's command line)."""
     from datetime import datetime, timezone
 
@@ -201,7 +204,9 @@ def run_experiment(exp: Experiment, size: str = "smoke", *, out: str | Path | No
     started = datetime.now(timezone.utc)
     out = Path(out or Path("runs") / "experiments" / exp.name / size).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    init = _pretext(exp, size, out)
+    # Label-fraction experiments: only the encoder arms that ask for it (init=pretext) start from the
+    # pretext, trained when the first of them runs; other experiments: every arm starts from it.
+    init = None if exp.fractions_for(size) else _pretext(exp, size, out)
     init_override = [f"init={init}"] if init else []
     # One Ray instance for every arm (Flower's backend alone starts and stops Ray once per arm).
     with shared_ray(cpus or os.cpu_count() or 1):
@@ -219,7 +224,7 @@ def _run_arms(exp: Experiment, size: str, out: Path, *, arms: list[str] | None, 
     results: dict[str, ArmResult] = {}
     if exp.fractions_for(size):
         results = _fraction_arms(exp, size, out, data_root=data_root, extra=[*init_override, *(extra or [])],
-                                 cpus=cpus, cpus_per_site=cpus_per_site, only=arms)
+                                 cpus=cpus, cpus_per_site=cpus_per_site, only=arms, first_arm=first_arm)
     else:
         federated = [a for a in exp.federated if not arms or a in arms][:1 if first_arm else None]
         locals_ = local_arms(exp, size, list(exp.federated) if arms else federated, data_root=data_root, extra=extra)
@@ -243,10 +248,14 @@ def _run_arms(exp: Experiment, size: str, out: Path, *, arms: list[str] | None, 
 
 
 def _fraction_arms(exp: Experiment, size: str, out: Path, *, data_root: str | None, extra: list[str],
-                   cpus: int | None, cpus_per_site: float, only: list[str] | None) -> dict[str, ArmResult]:
+                   cpus: int | None, cpus_per_site: float, only: list[str] | None,
+                   first_arm: bool = False) -> dict[str, ArmResult]:
     """Encoder arm × setting (pooled, the first federated arm, each of its sites alone) × label
     fraction. A pretraining encoder arm pretrains once per setting (all the setting's patients, no
-    labels used) and every fraction's adapter run starts from that encoder."""
+    labels used) and every fraction's adapter run starts from that encoder. An encoder arm with
+    ``init=pretext`` starts every run from the experiment's supervised pretext encoder, trained once
+    (in ``OUT/pretext``) when the first such run starts. ``first_arm``: the first encoder in every
+    setting, every other encoder in the federated setting only."""
     from fedecho.config.compose import compose_run_config
 
     first = next(iter(exp.federated))
@@ -257,6 +266,8 @@ def _fraction_arms(exp: Experiment, size: str, out: Path, *, data_root: str | No
                     ("federated", "federated", arm_overrides(exp, size, first, data_root=data_root, extra=extra), None)]
         settings += [("local", f"local{v['site']}", v["overrides"], v["site"]) for v in
                      local_arms(exp, size, [first], data_root=data_root, extra=extra, encoder=encoder_overrides).values()]
+        if first_arm and encoder != next(iter(exp.encoders)):
+            settings = [s for s in settings if s[0] == "federated"]
         for setting, stem, arm_base, site in settings:
             base = [*arm_base, *encoder_overrides]
             pretrains = compose_run_config(base, config_name=exp.config).federation.pretrain.rounds > 0
@@ -267,6 +278,7 @@ def _fraction_arms(exp: Experiment, size: str, out: Path, *, data_root: str | No
                 run_dir = out / name
                 overrides = [*base, *init, f"data.label_fraction={fraction}"]
                 if not only or name in only:
+                    overrides = _resolve_pretext(exp, size, out, encoder, overrides)
                     wall, cpu = _simulate(exp, overrides, run_dir, cpus=cpus, cpus_per_site=cpus_per_site)
                     results[name] = collect_arm(exp, name, run_dir, wall_seconds=wall, coordinator_cpu=cpu,
                                                 encoder=encoder, setting=setting, fraction=fraction, site=site)
@@ -276,6 +288,20 @@ def _fraction_arms(exp: Experiment, size: str, out: Path, *, data_root: str | No
                     # other fractions start from it instead of pretraining again (one fraction: none;
                     # a setting none of whose later fractions is asked for: none).
                     if not (run_dir / "checkpoint").is_dir():
-                        _simulate(exp, overrides, run_dir, cpus=cpus, cpus_per_site=cpus_per_site)
+                        _simulate(exp, _resolve_pretext(exp, size, out, encoder, overrides), run_dir, cpus=cpus,
+                                  cpus_per_site=cpus_per_site)
                     init = [f"init={_export_pretrained(exp, overrides, run_dir)}", "federation.pretrain.rounds=0"]
     return results
+
+
+def _resolve_pretext(exp: Experiment, size: str, out: Path, encoder: str, overrides: list[str]) -> list[str]:
+    """``overrides`` with ``init=pretext`` replaced by the experiment's supervised pretext checkpoint
+    (:func:`_pretext`: trained on first use, then read back). Composing a config with the token itself
+    is harmless: ``init`` is read only when a run starts."""
+    if PRETEXT_INIT not in overrides:
+        return overrides
+    checkpoint = _pretext(exp, size, out)
+    if checkpoint is None:
+        raise ValueError(f"experiment {exp.name}: encoder {encoder!r} starts from {PRETEXT_INIT} but the experiment "
+                         f"has no pretext at size {size!r} (add pretext: {{{size}: [...]}} to {exp.path})")
+    return [f"init={checkpoint}" if o == PRETEXT_INIT else o for o in overrides]

@@ -24,6 +24,8 @@ An experiment file names what is reproduced and how FedEcho runs it pooled and f
     sizes: {smoke: [...], full: [...]} # size-specific overrides (smoke runs on synthetic data in CI)
     fractions: {smoke: [0.5], full: [0.01, ..., 1.0]}  # optional, per size: label-fraction curves
     encoders: {simclr: [...], dino: [...], random: [...]}  # with fractions: the encoder arms compared
+                                       # (with fractions, only an encoder arm with init=pretext starts
+                                       # from the pretext, e.g. pretext: [init=pretext, ...])
 
 The pooled arm is the same run on one site holding every patient, with FedAvg (a single update is
 its own average), the same rounds and local epochs: the site's optimiser state and learning-rate
@@ -166,6 +168,11 @@ def load_experiment(name_or_path: str | Path) -> Experiment:
         value = raw.get(key) or {}
         if not isinstance(value, dict) or any(k not in (sizes or {}) for k in value):
             problems.append(f"{key} must map size names ({', '.join(sizes or {})}) to lists")
+    for encoder, overrides in (raw.get("encoders") or {}).items() if isinstance(raw.get("encoders"), dict) else ():
+        lacking = [s for s in (raw.get("fractions") or {}) if not (raw.get("pretext") or {}).get(s)]
+        if "init=pretext" in (overrides or []) and lacking:
+            problems.append(f"encoder {encoder!r} starts from init=pretext but pretext has no entry for size(s) "
+                            f"{', '.join(lacking)}")
     for fraction in [f for v in (raw.get("fractions") or {}).values() for f in v or []]:
         if not 0 < float(fraction) <= 1:
             problems.append(f"fraction {fraction} is not in (0, 1]")

@@ -30,8 +30,10 @@ _PRETRAINED_COLOURS = ("tab:blue", "tab:green", "tab:purple", "tab:red", "tab:br
 
 def arm_label(arm: str) -> str:
     """How an encoder arm is named in legends and tables: ``random`` is random initialisation,
-    ``ssl`` any self-supervised pretraining, other names the pretraining method."""
-    return {"random": "random init", "ssl": "SSL-pretrained"}.get(arm, f"{arm}-pretrained")
+    ``ssl`` any self-supervised pretraining, ``pretext`` the supervised pretext encoder,
+    ``fully-trained`` the whole model trained (no adapter), other names the pretraining method."""
+    return {"random": "random init", "ssl": "SSL-pretrained", "pretext": "supervised pretext",
+            "fully-trained": "fully trained"}.get(arm, f"{arm}-pretrained")
 
 
 def _arms(rows: Sequence[Mapping[str, Any]]) -> list[str]:
