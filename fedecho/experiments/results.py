@@ -315,14 +315,23 @@ def _fraction_section(exp: Experiment, target: Target, out: Path, results: dict[
     from fedecho.report.fractions import fraction_table, plot_label_fraction_curves
 
     rows = []
+    local: dict[tuple[str, float], list[ArmResult]] = {}
     for arm in results.values():
-        if arm.fraction is None or arm.setting == "local":
+        if arm.fraction is None:
+            continue
+        if arm.setting == "local":  # one row per encoder and fraction: the mean over the sites alone
+            local.setdefault((arm.encoder or "ssl", arm.fraction), []).append(arm)
             continue
         ci = arm.ci.get(target.task, {})
         key = _ci_key(target.metric, ci)
         low, high = (ci[key][1], ci[key][2]) if key else (math.nan, math.nan)
         rows.append({"arm": arm.encoder or "ssl", "setting": arm.setting, "fraction": arm.fraction, "metric": target.metric,
                      "value": arm.value(target.task, target.metric), "low": low, "high": high})
+    for (encoder, fraction), arms in local.items():
+        interval = _joint_interval([Path(a.run_dir) / "predictions" / f"{target.task}.npz" for a in arms], target.metric)
+        low, high = interval or (math.nan, math.nan)
+        rows.append({"arm": encoder, "setting": "local", "fraction": fraction, "metric": target.metric,
+                     "value": _mean([a.value(target.task, target.metric) for a in arms]), "low": low, "high": high})
     figure = plot_label_fraction_curves(rows)
     path = out / f"label_fractions_{target.task}.png"
     save_figure(figure, path)

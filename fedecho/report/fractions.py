@@ -1,9 +1,11 @@
 """Label-fraction curves (EchoCLR style: Holste et al., "Efficient deep learning-based automated
 diagnosis from echocardiography with contrastive self-supervised learning", 2023): a task metric
 against the fraction of labelled training patients (1–100 %, log axis) for an SSL-pretrained
-encoder (or several: SimCLR, DINO, ...) versus random initialisation, pooled and federated.
+encoder (or several: SimCLR, DINO, ...) versus random initialisation, pooled, federated and each
+site alone (the mean over sites).
 
-A row is a dict ``{"arm": encoder name ("ssl", "simclr", "dino", ..., "random"), "setting": "pooled" | "federated", "fraction":
+A row is a dict ``{"arm": encoder name ("ssl", "simclr", "dino", ..., "random"), "setting": "pooled" |
+"federated" | "local" (local-only: the mean over the sites, each trained alone), "fraction":
 float in (0, 1], "metric": str, "value": float, "low": float, "high": float}``; ``low``/``high``
 (a confidence interval, e.g. from :func:`fedecho.report.bootstrap.bootstrap_ci`) may be absent,
 None or NaN, which draws no band for that point.
@@ -23,8 +25,9 @@ from fedecho.report.figure import new_figure
 
 __all__ = ["SETTINGS", "arm_label", "fraction_table", "plot_label_fraction_curves"]
 
-SETTINGS = ("pooled", "federated")
-_STYLES = {"pooled": "-", "federated": "--"}
+SETTINGS = ("pooled", "federated", "local")
+_STYLES = {"pooled": "-", "federated": "--", "local": ":"}
+_SETTING_LABELS = {"pooled": "pooled", "federated": "federated", "local": "local-only (site mean)"}
 _PRETRAINED_COLOURS = ("tab:blue", "tab:green", "tab:purple", "tab:red", "tab:brown", "tab:cyan")
 
 
@@ -96,8 +99,8 @@ def _lines(rows: list[dict[str, Any]], metric: str) -> list[tuple[str, str, list
 
 def plot_label_fraction_curves(rows: Sequence[Mapping[str, Any]]) -> Figure:
     """One panel per metric: the metric against the labelled fraction (log x axis, 1–100 %), one
-    line per arm × setting (colour = arm, solid = pooled, dashed = federated) with its
-    confidence band where ``low``/``high`` are given. Line labels: ``"<arm name>, <setting>"``."""
+    line per arm × setting (colour = arm, solid = pooled, dashed = federated, dotted = local-only)
+    with its confidence band where ``low``/``high`` are given. Line labels: ``"<arm name>, <setting>"``."""
     checked = _checked(rows)
     colours = _colours(_arms(checked))
     metrics = list(dict.fromkeys(r["metric"] for r in checked))
@@ -108,12 +111,12 @@ def plot_label_fraction_curves(rows: Sequence[Mapping[str, Any]]) -> Figure:
             y = np.array([r["value"] for r in line])
             low = np.array([r["low"] for r in line])
             high = np.array([r["high"] for r in line])
-            label = f"{arm_label(arm)}, {setting}"
+            label = f"{arm_label(arm)}, {_SETTING_LABELS[setting]}"
             ax.plot(x, y, color=colours[arm], linestyle=_STYLES[setting], marker="o", label=label)
             band = np.isfinite(low) & np.isfinite(high)
             if band.any():
                 ax.fill_between(x, np.where(band, low, y), np.where(band, high, y), color=colours[arm],
-                                alpha=0.15 if setting == "pooled" else 0.08, linewidth=0)
+                                alpha={"pooled": 0.15, "federated": 0.08, "local": 0.05}[setting], linewidth=0)
         ax.set_xscale("log")
         ax.set_xlim(0.8, 125)
         ticks = [1, 5, 10, 25, 50, 100]
@@ -142,7 +145,7 @@ def fraction_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
                 cell = cells.get((metric, fraction, arm, setting))
                 row.append("n/a" if cell is None else _cell(cell))
             body.append(row)
-    header = ["metric", "labelled", *(f"{arm_label(a)}, {s}" for a, s in columns)]
+    header = ["metric", "labelled", *(f"{arm_label(a)}, {_SETTING_LABELS[s]}" for a, s in columns)]
     return markdown_table(header, body)
 
 

@@ -148,3 +148,32 @@ def test_clinical_section_when_arms_have_read_outs(tmp_path):
     text = (tmp_path / "results.md").read_text()
     assert "## Clinical read-outs" in text and "| fedavg-intensity | EF (%) | 12 | 2.00 | +2.00 |" in text
     assert (tmp_path / "bland_altman_ef.png").stat().st_size > 5000
+
+
+def test_fraction_section_has_the_local_only_mean_per_encoder_and_fraction(tmp_path):
+    """Label-fraction experiments: the curves and table gain one local-only point per encoder and
+    fraction, the mean over the sites alone with the joint patient-resampling interval."""
+    from fedecho.report.bootstrap import bootstrap_ci
+
+    exp = load_experiment("camus_ssl_lora")
+    patients = [f"p{i}" for i in range(6)]
+    results = {}
+    for fraction, shift in ((0.1, 0.0), (1.0, 0.2)):
+        for setting in ("pooled", "federated"):
+            name = f"random-{setting}-{fraction:g}"
+            results[name] = collect_arm(exp, name, fake_run(tmp_path / name, "lv_seg", {"dice/lv_cavity": 0.7 + shift}),
+                                        encoder="random", setting=setting, fraction=fraction)
+        dice = {0: [0.5, 0.6, 0.4, 0.5, 0.6, 0.5], 1: [0.3, 0.4, 0.5, 0.3, 0.2, 0.4]}
+        for k, values in dice.items():
+            name = f"random-local{k}-{fraction:g}"
+            values = [v + shift for v in values]
+            run = fake_run(tmp_path / name, "lv_seg", {"dice/lv_cavity": float(np.mean(values))})
+            seg_predictions(run / "predictions" / "lv_seg.npz", [[v] for v in values], patients)
+            results[name] = collect_arm(exp, name, run, encoder="random", setting="local", fraction=fraction, site=k)
+    write_results(exp, "full", tmp_path, results)
+    text = (tmp_path / "results.md").read_text()
+    assert "| metric | labelled | random init, pooled | random init, federated | random init, local-only (site mean) |" in text
+    per_item = np.mean([dice[0], dice[1]], axis=0)
+    _, low, high = bootstrap_ci(per_item, groups=np.array(patients))
+    mean = float(np.mean(per_item))
+    assert f"| dice/lv_cavity | 10 % | 0.7 | 0.7 | {mean:.4g} [{low:.4g}, {high:.4g}] |" in text

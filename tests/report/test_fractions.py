@@ -78,3 +78,20 @@ def test_several_pretraining_arms_get_their_own_colour_and_columns_with_random_l
     table = fraction_table(rows)
     assert table[0] == "| metric | labelled | simclr-pretrained, pooled | dino-pretrained, pooled | random init, pooled |"
     assert table[-1] == "| dice | 100 % | 0.8 | 0.7 | 0.6 |"
+
+
+def test_local_only_mean_is_a_dotted_line_and_a_column():
+    rows = [r for r in _rows() if r["metric"] == "auroc" and r["arm"] == "ssl"]
+    rows += [{"arm": "ssl", "setting": "local", "fraction": f, "metric": "auroc", "value": v, "low": v - 0.1,
+              "high": v + 0.1} for f, v in ((0.01, 0.5), (1.0, 0.8))]
+    fig = plot_label_fraction_curves(rows)
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    local = lines["SSL-pretrained, local-only (site mean)"]
+    assert local.get_linestyle() == ":" and local.get_color() == lines["SSL-pretrained, pooled"].get_color()
+    np.testing.assert_allclose(local.get_xdata(), [1, 100])
+    np.testing.assert_allclose(local.get_ydata(), [0.5, 0.8])
+    table = fraction_table(rows)
+    assert table[0] == ("| metric | labelled | SSL-pretrained, pooled | SSL-pretrained, federated | "
+                        "SSL-pretrained, local-only (site mean) |")
+    assert "| auroc | 10 % | 0.8 [0.75, 0.85] | 0.78 [0.73, 0.83] | n/a |" in table
+    assert "| auroc | 100 % | 0.9 [0.85, 0.95] | 0.88 [0.83, 0.93] | 0.8 [0.7, 0.9] |" in table
