@@ -109,3 +109,44 @@ def test_a_session_needs_a_cpu():
 
     with pytest.raises(ValueError, match="at least one CPU"):
         RaySession(0)
+
+
+def _dying_mod(log_path, marker):
+    """A Flower mod on the site: the first message site 1 gets kills the actor's process (as Ray's
+    memory monitor does), once; every message's process is recorded."""
+    def mod(message, context, call_next):
+        site = int(context.node_config["partition-id"])
+        with open(log_path, "a") as f:
+            f.write(json.dumps({"pid": os.getpid(), "site": site}) + "\n")
+        if site == 1 and not marker.exists():
+            marker.touch()
+            os._exit(1)
+        return call_next(message, context)
+
+    return mod
+
+
+@pytest.mark.slow
+def test_an_actor_that_dies_is_replaced_and_its_site_stays_in_every_round(tmp_path):
+    """Ray kills a ClientApp actor (memory) or its process crashes: the message runs again on a
+    fresh actor, so the site is in that round and in every later one (Flower put the dead actor
+    back in its pool, and the site dropped out of every round after)."""
+    from flwr.simulation import run_simulation
+
+    from client.app import build_app as client_app
+    from fedecho.federation.ray_session import shared_ray
+    from server.app import build_app as server_app
+
+    run_dir, log_path, marker = tmp_path / "run", tmp_path / "pids", tmp_path / "died"
+    rc = {"experiment": "federated", "resume": False, "overrides": shlex.join(
+        [*TINY, "federation.num_sites=2", "federation.adapt.rounds=2", f"federation.run_dir={run_dir}"])}
+    with shared_ray(1):
+        run_simulation(server_app(rc), client_app(rc, mods=[_dying_mod(log_path, marker)]), num_supernodes=2,
+                       backend_config={"client_resources": {"num_cpus": 1}, "init_args": {"num_cpus": 1}})
+    assert marker.exists()
+    calls = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert len({c["pid"] for c in calls}) == 2  # the actor that died, and the one that replaced it
+    history = json.loads((run_dir / "history.json").read_text())
+    rounds = [r for r in history if r["phase"].startswith("adapt:")]
+    assert len(rounds) == 2 and all(len(r["sites_train"]) == 2 and not r["rejected"] for r in rounds)
+    assert any(r["phase"].startswith("evaluate:") and len(r["sites_evaluate"]) == 2 for r in history)
