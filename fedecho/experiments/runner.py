@@ -25,15 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from fedecho.experiments.results import ArmResult, collect_arm, write_results
-from fedecho.experiments.spec import Experiment
+from fedecho.experiments.spec import PRETEXT_INIT, Experiment
 from fedecho.federation.ray_session import shared_ray
 
 __all__ = ["LOCAL", "POOLED", "PRETEXT_INIT", "arm_overrides", "local_arms", "run_experiment"]
 
 log = logging.getLogger(__name__)
 
-#: an encoder arm's override that starts it from the experiment's supervised pretext encoder
-PRETEXT_INIT = "init=pretext"
 #: overrides that turn any federated arm into the pooled (one-site) arm
 POOLED = ["federation.num_sites=1", "federation.strategy.name=fedavg", "federation.strategy.min_sites=1",
           "federation.strategy.local_norms=false", "federation.lora_aggregation=fedavg", "data.partition.method=iid"]

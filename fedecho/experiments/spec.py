@@ -41,7 +41,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Experiment", "Published", "Target", "list_experiments", "load_experiment", "simulations_dir"]
+__all__ = ["PRETEXT_INIT", "Experiment", "Published", "Target", "list_experiments", "load_experiment",
+           "simulations_dir"]
+
+#: an encoder arm's override that starts it from the experiment's supervised pretext encoder
+PRETEXT_INIT = "init=pretext"
 
 _REQUIRED = ("title", "seed", "dataset", "method", "backbone", "config", "federated", "sizes")
 _KNOWN = (*_REQUIRED, "name", "task", "metric", "published", "targets", "data_root", "report_metrics",
@@ -170,8 +174,8 @@ def load_experiment(name_or_path: str | Path) -> Experiment:
             problems.append(f"{key} must map size names ({', '.join(sizes or {})}) to lists")
     for encoder, overrides in (raw.get("encoders") or {}).items() if isinstance(raw.get("encoders"), dict) else ():
         lacking = [s for s in (raw.get("fractions") or {}) if not (raw.get("pretext") or {}).get(s)]
-        if "init=pretext" in (overrides or []) and lacking:
-            problems.append(f"encoder {encoder!r} starts from init=pretext but pretext has no entry for size(s) "
+        if PRETEXT_INIT in (overrides or []) and lacking:
+            problems.append(f"encoder {encoder!r} starts from {PRETEXT_INIT} but pretext has no entry for size(s) "
                             f"{', '.join(lacking)}")
     for fraction in [f for v in (raw.get("fractions") or {}).values() for f in v or []]:
         if not 0 < float(fraction) <= 1:

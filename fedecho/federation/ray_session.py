@@ -43,8 +43,6 @@ ACTOR_EXIT_TIMEOUT_S = 30.0
 
 _lock = threading.Lock()
 _session: RaySession | None = None
-#: Ray's errors for a message whose actor process died (set with the backend class)
-_ACTOR_DEATHS: tuple[type[BaseException], ...] = ()
 
 
 class RaySession:
@@ -123,34 +121,35 @@ def _backend_class() -> type:
             self.app_fn = app_fn
             _session.actors.append(self.pool.num_actors)
 
-        def process_message(self, message: Any, context: Any) -> tuple[Any, Any]:
+        def process_message(self, message: Any, context: Any, *, retry: bool = True) -> tuple[Any, Any]:
             """Flower's ``process_message``, except that an actor that died is replaced by a fresh
             one and the message runs once more on it (see the module docstring). A ClientApp's own
             exception is not an actor death: it is raised as in Flower, and the actor stays."""
             import ray
             from flwr.common.constant import PARTITION_ID_KEY
+            from ray.exceptions import OutOfMemoryError, RayActorError, WorkerCrashedError
 
             pool = self.pool
             if pool is None or self.app_fn is None:
                 return super().process_message(message, context)  # Flower's errors for an unbuilt backend
-            job = (self.app_fn, message, str(context.node_config[PARTITION_ID_KEY]), context)
-            for attempt in (1, 2):
-                future = pool.submit(lambda a, a_fn, mssg, cid, state: a.run.remote(a_fn, mssg, cid, state), job)
-                try:
-                    return pool.fetch_result_and_return_actor_to_pool(future)
-                except _ACTOR_DEATHS as err:
-                    dead = pool._future_to_actor.pop(future)  # noqa: SLF001
-                    with contextlib.suppress(Exception):
-                        ray.kill(dead)
-                    pool.pool.append(pool.create_actor_fn())
-                    log.warning("site %s: its ClientApp actor died (%s); a fresh actor %s", job[2],
-                                type(err).__name__, "runs the message again" if attempt == 1 else "is in the pool")
-                    if attempt == 2:
-                        raise
-                except Exception:
-                    pool.add_actor_back_to_pool(future)
+            site = str(context.node_config[PARTITION_ID_KEY])
+            future = pool.submit(lambda a, a_fn, mssg, cid, state: a.run.remote(a_fn, mssg, cid, state),
+                                 (self.app_fn, message, site, context))
+            try:
+                return pool.fetch_result_and_return_actor_to_pool(future)
+            except (RayActorError, OutOfMemoryError, WorkerCrashedError) as err:
+                dead = pool._future_to_actor.pop(future)  # noqa: SLF001
+                with contextlib.suppress(Exception):
+                    ray.kill(dead)
+                pool.pool.append(pool.create_actor_fn())
+                log.warning("site %s: its ClientApp actor died (%s); a fresh actor %s", site, type(err).__name__,
+                            "runs the message again" if retry else "is in the pool")
+                if not retry:
                     raise
-            raise AssertionError("unreachable")
+            except Exception:
+                pool.add_actor_back_to_pool(future)
+                raise
+            return self.process_message(message, context, retry=False)
 
         def terminate(self) -> None:
             """Kill the simulation's actors (as ``ray.shutdown`` did: their messages are all answered;
@@ -171,10 +170,6 @@ def _backend_class() -> type:
                     log.warning("ClientApp actors still hold CPUs %.0f s after they were killed", ACTOR_EXIT_TIMEOUT_S)
             self.pool = None
 
-    global _ACTOR_DEATHS
-    from ray.exceptions import OutOfMemoryError, RayActorError, WorkerCrashedError
-
-    _ACTOR_DEATHS = (RayActorError, OutOfMemoryError, WorkerCrashedError)
     _BACKEND = SharedRayBackend
     return SharedRayBackend
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from fedecho.experiments import list_experiments, load_experiment
+from fedecho.experiments.spec import PRETEXT_INIT
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -64,7 +65,7 @@ def test_smoke(name, tmp_path, monkeypatch):
         for task in exp.tasks:
             assert values["central"][task], f"{arm}: no central evaluation of {task}"
     for encoder, overrides in exp.encoders.items():  # the pretext encoder arm starts from OUT/pretext
-        if "init=pretext" in overrides:
+        if PRETEXT_INIT in overrides:
             config = json.loads((out / f"{encoder}-federated-{exp.fractions_for('smoke')[0]:g}" / "config.json").read_text())
             assert Path(config["init"]).parent == out / "pretext" / "checkpoints" and Path(config["init"]).is_file()
     if exp.fractions:
