@@ -52,6 +52,9 @@ for _spec in (
     BenchmarkSpec("deploy-round", "deployed round (SuperLink + 2 sites with the warm site worker on 127.0.0.1) vs "
                   "the same round simulated; where a deployed round's time goes", "ratio ≤ 1.3",
                   "fedecho.bench.deploy_round:run"),
+    BenchmarkSpec("superlink-call", "coordinator CPU per authenticated Fleet call: Flower's HTTP middleware on every "
+                  "path vs narrowed to the paths each layer acts on (fedecho.deploy.superlink)", "reported",
+                  "fedecho.bench.superlink_call:run"),
     BenchmarkSpec("ssl-gpu", "SSL pretraining throughput on a GPU: images/s and bf16 MFU (ViT-S DINO and "
                   "DINOv2, ResNet-18 SimCLR)", "reported (needs CUDA)", "fedecho.bench.ssl_throughput:run"),
 ):

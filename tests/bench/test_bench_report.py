@@ -85,7 +85,7 @@ def test_benchmark_status_rules():
 
 def test_registry_holds_the_issue_benchmarks_in_order():
     assert benchmark_names() == ["ratio", "bytes", "engine", "pipeline", "pipeline-gpu", "dp", "scale", "aggregate",
-                                 "deploy-round", "ssl-gpu"]
+                                 "deploy-round", "superlink-call", "ssl-gpu"]
     for name in benchmark_names():
         assert callable(BENCHMARKS.get(name).load())
     with pytest.raises(ValueError, match="valid benchmarks: aggregate, bytes"):

@@ -14,7 +14,7 @@ def test_list_names_every_benchmark_with_its_goal(capsys):
     assert main(["bench", "--list"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in out] == ["ratio", "bytes", "engine", "pipeline", "pipeline-gpu", "dp", "scale",
-                                                 "aggregate", "deploy-round", "ssl-gpu"]
+                                                 "aggregate", "deploy-round", "superlink-call", "ssl-gpu"]
     assert "(goal wall ratio ≤ 1.10)" in out[0] and "(goal < 1 s)" in out[7]
 
 

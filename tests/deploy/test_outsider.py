@@ -235,3 +235,43 @@ def test_add_site_while_running_registers_the_key_at_once(coordinator, tmp_path,
     out = capsys.readouterr().out
     assert "index 1" in out and "the running SuperLink has its key (registered)" in out
     assert len(_coordinator_view(fed)[1]) == 2  # A online, B registered (not yet connected)
+
+
+def test_forged_fleet_calls_are_refused_by_the_narrowed_superlink(coordinator):
+    """The SuperLink runs Flower's middleware narrowed to the paths each layer acts on
+    (fedecho.deploy.superlink.scope_middleware); SuperNode authentication must still hold on every
+    Fleet call. Heartbeats of site A's node, on the loopback SuperLink and through the gateway:
+    unsigned, signed by a key nobody registered, and signed by A's key but naming another node
+    are refused (401); A's own signed heartbeat goes through."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from flwr.common.constant import HEARTBEAT_DEFAULT_INTERVAL
+    from flwr.proto.heartbeat_pb2 import SendNodeHeartbeatRequest
+    from flwr.proto.node_pb2 import Node
+    from flwr.supernode.fleet_http_client import FleetHttpClient
+    from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
+
+    fed, port, _ = coordinator
+    connection = (fed.flwr_home / "config.toml").read_text()
+    internal = int(connection.split('address = "127.0.0.1:')[1].split('"')[0])
+    own = serialization.load_ssh_private_key((fed.root.parent / "site_A" / "site.key").read_bytes(), None)
+    stranger = ec.generate_private_key(ec.SECP384R1())
+    (node,) = [n for n in _coordinator_view(fed)[1] if n["status"] == "online"]  # site A (B may be registered)
+    node_id = int(node["node-id"])
+
+    def heartbeat(target: int, key, claimed: int) -> str:
+        interceptors = [] if key is None else [NodeAuthHttpInterceptor(key, key.public_key())]
+        request = SendNodeHeartbeatRequest(node=Node(node_id=claimed), heartbeat_interval=HEARTBEAT_DEFAULT_INTERVAL)
+        with FleetHttpClient.from_server_address(f"127.0.0.1:{target}", False, str(fed.tls.ca_cert),
+                                                 interceptors) as client:
+            try:
+                return "ok" if client.SendNodeHeartbeat(request).success else "not a success"
+            except Exception as err:  # noqa: BLE001 - the refusal's text is what is asserted
+                return f"refused: {err}"
+
+    for target in (internal, port):
+        assert heartbeat(target, own, node_id) == "ok", target
+        for what, key, claimed in (("unsigned", None, node_id), ("a stranger's key", stranger, node_id),
+                                   ("A's key, another node", own, node_id + 1)):
+            outcome = heartbeat(target, key, claimed)
+            assert outcome.startswith("refused") and "401" in outcome, (target, what, outcome)
