@@ -82,14 +82,18 @@ def test_gateway_forwards_only_the_fleet_calls_of_an_authenticated_supernode():
 
 def test_superlink_wrapper_sets_the_log_stream_wait_of_this_flower_and_passes_the_arguments(monkeypatch):
     from flwr.superlink import cli
+    from flwr.superlink import main as superlink_main
     from flwr.superlink.servicer.control import control_handlers
 
     from fedecho.deploy import superlink
 
     seen = {}
+    flower_stack = superlink_main._get_middleware
+    monkeypatch.setattr(superlink_main, "_get_middleware", flower_stack)  # the wrapper replaces it: put it back
 
     def fake_main():
-        seen.update(interval=control_handlers.LOG_STREAM_INTERVAL, argv=list(sys.argv))
+        seen.update(interval=control_handlers.LOG_STREAM_INTERVAL, argv=list(sys.argv),
+                    narrowed=superlink_main._get_middleware is not flower_stack)
         return 0
 
     assert control_handlers.LOG_STREAM_INTERVAL == 0.5  # Flower's own: the wait the wrapper lengthens
@@ -99,7 +103,8 @@ def test_superlink_wrapper_sets_the_log_stream_wait_of_this_flower_and_passes_th
     with pytest.raises(SystemExit) as exit_:
         superlink.main(["--log-stream-interval", "3", "--", "--host", "127.0.0.1", "--port", "9300"])
     assert exit_.value.code == 0
-    assert seen == {"interval": 3.0, "argv": ["flower-superlink", "--host", "127.0.0.1", "--port", "9300"]}
+    assert seen == {"interval": 3.0, "argv": ["flower-superlink", "--host", "127.0.0.1", "--port", "9300"],
+                    "narrowed": True}  # fedecho.deploy.superlink.scope_middleware builds the app's middleware
     with pytest.raises(SystemExit):
         superlink.main(["--log-stream-interval", "0", "--"])
 
