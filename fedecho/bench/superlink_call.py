@@ -21,11 +21,12 @@ and the wall time per call are in the details.
 from __future__ import annotations
 
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from fedecho.bench.common import BenchOptions, interleave, ratio_row
 
@@ -67,9 +68,7 @@ class _SuperLink:
                 time.sleep(0.5)
         self.client = self._client()
         self.node_id = self._activate()
-        import psutil
-
-        self.psutil = psutil.Process(self.process.pid)
+        self.os_process = psutil.Process(self.process.pid)
 
     def _client(self) -> Any:
         from flwr.supernode.fleet_http_client import FleetHttpClient
@@ -88,7 +87,7 @@ class _SuperLink:
         return int(self.client.ActivateNode(request).node_id)
 
     def cpu_s(self) -> float:
-        times = self.psutil.cpu_times()
+        times = self.os_process.cpu_times()
         return times.user + times.system
 
     def calls(self, count: int) -> tuple[float, float]:
@@ -146,5 +145,5 @@ def run(options: BenchOptions) -> list:
                           f"on every path vs {statistics.median(cpu['narrowed']):.2f} ms narrowed; wall per call "
                           f"{statistics.median(walls['flower'][-reps:]):.2f} vs "
                           f"{statistics.median(walls['narrowed'][-reps:]):.2f} ms ({calls} calls x {reps} "
-                          f"repetitions per side, alternating; {sys.platform})"))
+                          f"repetitions per side, alternating)"))
     return [row]

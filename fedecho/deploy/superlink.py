@@ -170,13 +170,15 @@ class PathScoped:
 
     def __init__(self, app: Any, *, middleware_cls: Any, prefixes: tuple[str, ...], args: tuple = (),
                  kwargs: dict | None = None) -> None:
+        from starlette.datastructures import URL
+
         self.app = app
         self.middleware = middleware_cls(app, *args, **(kwargs or {}))
         self.prefixes = prefixes
-        self.name = getattr(middleware_cls, "__name__", repr(middleware_cls))
+        self._url = URL  # imported once, not per request
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        from starlette.datastructures import URL
+        URL = self._url  # noqa: N806 - starlette's class
 
         if scope["type"] == "http" and not URL(scope=scope).path.startswith(self.prefixes):
             await self.app(scope, receive, send)
